@@ -71,7 +71,9 @@ def _mb1_ssd(num_classes: int, width_mult: float, is_test: bool, lite: bool) -> 
         )
 
         def heads(per_box: int) -> ModuleList:
-            return ModuleList([Conv2d(c, 6 * per_box, kernel_size=3, padding=1) for c in (c19, c10, 512, 256, 256, 256)])
+            return ModuleList(
+                [Conv2d(c, 6 * per_box, kernel_size=3, padding=1) for c in (c19, c10, 512, 256, 256, 256)]
+            )
 
     arch = "mb1-ssd-lite" if lite else "mb1-ssd"
     return SSD(num_classes, base, [12, 14], extras, heads(num_classes), heads(4), is_test, arch, width_mult)
@@ -172,7 +174,9 @@ def describe_state_dict(sd: Mapping[str, torch.Tensor]) -> dict:
     if w0 is not None and w0.dim() == 4:
         width = round(float(w0.shape[0]) / 32.0, 3)
     num_classes = None
-    cls = sorted(k for k in sd if k.startswith("classification_headers.0.") and k.endswith("weight") and sd[k].dim() == 4)
+    cls = sorted(
+        k for k in sd if k.startswith("classification_headers.0.") and k.endswith("weight") and sd[k].dim() == 4
+    )
     if cls:
         last = max(cls, key=lambda k: [int(t) if t.isdigit() else 0 for t in k.split(".")])
         out = int(sd[last].shape[0])

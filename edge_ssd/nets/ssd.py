@@ -146,4 +146,6 @@ class SSD(nn.Module):
         return confidences, locations
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch!r}, num_classes={self.num_classes}, width_mult={self.width_mult}, is_test={self.is_test}"
+        return (
+            f"arch={self.arch!r}, num_classes={self.num_classes}, width_mult={self.width_mult}, is_test={self.is_test}"
+        )
