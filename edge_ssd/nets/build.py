@@ -133,6 +133,17 @@ def xavier_init(net: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
+def _load_problem(e: BaseException) -> str:
+    text = str(e)
+    low = text.lower()
+    if "central directory" in low or "zip archive" in low or isinstance(e, (EOFError, zipfile.BadZipFile)):
+        return "the file is truncated or corrupt"
+    if "weights only load failed" in low or isinstance(e, pickle.UnpicklingError):
+        return "not a PyTorch tensor checkpoint (or it holds pickled objects other than tensors)"
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return first[:120]
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a pytorch-ssd checkpoint: a plain state dict, or a dict holding one under "state_dict"/"model"
     (a ``module.`` prefix from DataParallel is stripped). Errors are one-line ``UserError``\\ s."""
@@ -142,10 +153,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"cannot read weights {str(p)!r} as a PyTorch checkpoint ({first[:160]}); "
-            "the file may be truncated or not a .pth - download it again (edge-ssd fetch-model)"
+            f"cannot read weights {str(p)!r}: {_load_problem(e)}; pass a pytorch-ssd .pth state dict "
+            "(download it again with edge-ssd fetch-model if it was cut short)"
         ) from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict", "net"):
