@@ -1,0 +1,56 @@
+"""``edge-ssd eval MODEL DATASET``: VOC-style mAP@IoU of a model on a labelled dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="mAP of a model (.onnx, .tflite or bundle) on a VOC / Open Images dataset",
+        description="Run a model over a labelled dataset and report VOC-style mAP (VOC07 11-point and area under "
+        "the curve) with per-class AP.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help="an .onnx model, a .tflite model or a bundle directory")
+    p.add_argument("dataset", help="a VOC root (Annotations/, JPEGImages/) or a pytorch-ssd Open Images root")
+    p.add_argument("--split", default=None, help="VOC split name or list file; Open Images split (train/test/...)")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU threshold for a true positive")
+    p.add_argument("--threshold", type=float, default=0.01, help="score threshold (pytorch-ssd's eval uses 0.01)")
+    p.add_argument("--labels", default=None, help="labels file when the model carries no labels metadata")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ..data import open_dataset
+    from ..errors import UserError
+    from ..eval import evaluate, format_report, load_predictor
+
+    if not 0.0 < args.iou < 1.0:
+        raise UserError(f"--iou {args.iou} must be between 0 and 1 (VOC uses 0.5)")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit} must be a positive number of images")
+    dataset = open_dataset(args.dataset, split=args.split)
+    if dataset.num_boxes == 0:
+        raise UserError(f"{args.dataset} has no ground-truth boxes (eval needs a VOC or Open Images dataset)")
+    predictor = load_predictor(args.model, labels=args.labels, prob_threshold=args.threshold)
+    labels = predictor.labels
+    if labels is None:
+        raise UserError(f"{args.model} carries no labels; pass --labels FILE (one class per line, BACKGROUND first)")
+    report = evaluate(predictor, dataset, iou=args.iou, limit=args.limit, model_labels=labels)
+    report.update(model=str(args.model), dataset=str(args.dataset), split=args.split, threshold=args.threshold,
+                  predictor=predictor.description)
+    print(format_report(report))
+    print(f"{report['ms_per_image']:.1f} ms/image ({predictor.description})")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {out}")
+    return 0
