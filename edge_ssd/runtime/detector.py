@@ -1,0 +1,353 @@
+"""The detector: a model plus everything needed to turn a BGR frame into :class:`Detections`.
+
+``load_detector(path)`` accepts
+
+* a bundle directory (``manifest.json`` + ``model.tflite``, written by ``edge-ssd convert``): everything comes
+  from the manifest (output names, normalisation, priors, score function, box encoding, thresholds, labels);
+* an ``.onnx`` model following the pytorch-ssd contract (input 1x3xHxW float, outputs ``scores``
+  probabilities and ``boxes`` corners); labels from the ONNX metadata key ``edge_ssd.labels`` (a JSON list)
+  or a labels file beside it / given;
+* a bare ``.tflite`` with a labels file: assumed to follow the pytorch-ssd contract, outputs identified by
+  their shape (a warning says so).
+
+The work is split in three stages so the pipeline can run them on separate threads and the benchmark can
+time them: ``preprocess(bgr, out=None)`` (resize + colour conversion + one lookup table that folds
+normalisation and input quantisation, into a preallocated buffer), ``infer(tensor)`` (raw outputs, dequantised
+to float32 from the tensors' own parameters), ``postprocess(raw)`` (score function, box decoding, NMS).
+Everything that does not depend on the frame (tables, priors, buffers) is computed once at load time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import UserError
+from ..model import box as boxlib
+from ..model.bundle import BundleError, is_bundle, load_manifest
+from ..model.preprocess import Normalization, input_lut
+from .backends import Backend, TensorInfo, open_backend
+
+log = logging.getLogger(__name__)
+
+LABELS_META_KEY = "edge_ssd.labels"
+DEFAULT_SCORE_THRESHOLD = 0.5
+
+
+@dataclass
+class PostprocessConfig:
+    score_fn: str = "none"
+    box_encoding: str = "corners"
+    priors: np.ndarray | None = None
+    center_variance: float = 0.1
+    size_variance: float = 0.2
+    background: int | None = 0
+    iou_threshold: float = 0.45
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    candidate_size: int = 200
+    top_k: int = -1
+
+
+@dataclass
+class InputConfig:
+    width: int
+    height: int
+    layout: str = "NHWC"  # of the model's input tensor
+    color: str = "RGB"
+    norm: Normalization = field(default_factory=Normalization)
+
+
+def read_labels(path: str | Path) -> list[str]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read labels file {p} ({e.strerror}); pass a text file with one label per "
+                        "line") from None
+    if p.suffix == ".json":
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError:
+            raise UserError(f"{p}: not valid JSON; give a JSON list of labels or a text file, one per line") \
+                from None
+        if not isinstance(labels, list):
+            raise UserError(f"{p}: expected a JSON list of labels")
+        return [str(v) for v in labels]
+    labels = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not labels:
+        raise UserError(f"{p}: labels file is empty; write one label per line, BACKGROUND first")
+    return labels
+
+
+def find_labels_file(model_path: Path) -> Path | None:
+    """A labels file beside a model: <stem>.txt, <stem>-labels.txt, labels.txt, then any *labels*.txt."""
+    d = model_path.parent
+    for name in (f"{model_path.stem}.labels", f"{model_path.stem}-labels.txt", f"{model_path.stem}_labels.txt",
+                 f"{model_path.stem}.txt", "labels.txt"):
+        if (d / name).is_file():
+            return d / name
+    cands = sorted(d.glob("*labels*.txt"))
+    return cands[0] if len(cands) == 1 else None
+
+
+class Detector:
+    """A loaded model with its pre- and postprocessing. Not thread-safe per stage: run each stage from one
+    thread at a time (the pipeline does); ``preprocess`` may write into caller-owned buffers (``out=``)."""
+
+    def __init__(self, backend: Backend, labels: list[str], inp: InputConfig, post: PostprocessConfig,
+                 scores_name: str, boxes_name: str, name: str = "model", source_path: str = ""):
+        self.backend = backend
+        self.labels = list(labels)
+        self.inp = inp
+        self.post = post
+        self.scores_name = scores_name
+        self.boxes_name = boxes_name
+        self.name = name
+        self.path = source_path
+        self.score_threshold = post.score_threshold
+        info: TensorInfo = backend.input
+        self.input_dtype = np.dtype(info.dtype)
+        self.input_shape = tuple(info.shape)
+        # one (1, 256, 3) table folding normalisation (and quantisation) per channel: cv2.LUT applies it
+        if info.quantized:
+            lut = input_lut(inp.norm, info.scale, info.zero_point, dtype=self.input_dtype)  # (3, 256)
+        else:
+            if self.input_dtype.kind in "iu":
+                raise UserError(f"{source_path}: input tensor is {self.input_dtype} without quantisation "
+                                "parameters; re-run `edge-ssd convert`")
+            mean, std = inp.norm.as_arrays()
+            v = np.arange(256, dtype=np.float32)[None, :]
+            lut = ((v - mean[:, None]) / std[:, None]).astype(np.float32)
+        self._lut_cv = np.ascontiguousarray(lut.T[None])  # (1, 256, 3)
+        if self.input_dtype == np.int8:  # cv2.LUT has no int8 depth: apply on the uint8 view of the table
+            self._lut_cv = self._lut_cv.view(np.uint8)
+        self._h, self._w = inp.height, inp.width
+        self._resized = np.empty((self._h, self._w, 3), np.uint8)
+        self._rgb = np.empty((self._h, self._w, 3), np.uint8)
+        self._hwc = np.empty((self._h, self._w, 3), self._lut_cv.dtype)  # scratch for NCHW models
+        self._tensor = self.new_input_buffer()
+        self._priors = post.priors if post.box_encoding == "offsets" else None
+
+    # -- properties -------------------------------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) of the model input."""
+        return self._w, self._h
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def describe(self) -> str:
+        q = f"{self.input_dtype} input" + (" (quantised)" if self.backend.input.quantized else "")
+        return (f"{self.name}: {self._w}x{self._h} {q}, {len(self.labels)} labels, "
+                f"backend {self.backend.describe()}")
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def new_input_buffer(self) -> np.ndarray:
+        """A fresh buffer shaped and typed like the model input (for the pipeline's buffer pool)."""
+        return np.zeros(self.input_shape, dtype=self.input_dtype)
+
+    def preprocess(self, bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """BGR uint8 frame -> model input tensor (written into ``out`` or the detector's own buffer)."""
+        if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {getattr(bgr, 'shape', None)}")
+        out = self._tensor if out is None else out
+        if bgr.shape[0] != self._h or bgr.shape[1] != self._w:
+            src = cv2.resize(bgr, (self._w, self._h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        else:
+            src = bgr
+        if self.inp.color == "RGB":
+            src = cv2.cvtColor(src, cv2.COLOR_BGR2RGB, dst=self._rgb)
+        if self.inp.layout == "NHWC":
+            dst = out[0]
+            if dst.dtype == np.int8:
+                dst = dst.view(np.uint8)
+            cv2.LUT(src, self._lut_cv, dst=dst)
+        else:
+            cv2.LUT(src, self._lut_cv, dst=self._hwc)
+            hwc = self._hwc.view(self.input_dtype) if self.input_dtype == np.int8 else self._hwc
+            np.copyto(out[0], hwc.transpose(2, 0, 1))
+        return out
+
+    def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model; outputs as float32 (dequantised)."""
+        return self.backend.run(tensor)
+
+    def postprocess(self, raw: dict[str, np.ndarray], score_threshold: float | None = None) -> Detections:
+        p = self.post
+        thr = self.score_threshold if score_threshold is None else score_threshold
+        return boxlib.postprocess(
+            raw[self.scores_name], raw[self.boxes_name], self._priors, score_fn=p.score_fn,
+            center_variance=p.center_variance, size_variance=p.size_variance, iou_threshold=p.iou_threshold,
+            prob_threshold=thr, candidate_size=p.candidate_size, top_k=p.top_k, background=p.background)
+
+    def detect(self, bgr: np.ndarray, score_threshold: float | None = None) -> Detections:
+        """Detections (normalised corner boxes, score-sorted) of one BGR frame."""
+        return self.postprocess(self.infer(self.preprocess(bgr)), score_threshold)
+
+    def __repr__(self) -> str:
+        return f"Detector({self.describe()})"
+
+
+Detections = boxlib.Detections
+
+
+# -- loading --------------------------------------------------------------------------------------------
+
+def _identify_outputs(backend: Backend, path: Path, n_classes: int | None) -> tuple[str, str]:
+    """Output names for (scores, boxes) by shape: boxes end in 4, scores in the class count."""
+    shapes = _output_shapes(backend)
+    names = list(shapes)
+    if len(names) != 2:
+        raise UserError(f"{path}: expected 2 outputs (scores, boxes), found {len(names)} ({', '.join(names)}); "
+                        "convert the model with `edge-ssd convert` to get a bundle with a manifest")
+    by_name = {n.split(":")[0].lower(): n for n in names}
+    if "scores" in by_name and "boxes" in by_name:
+        return by_name["scores"], by_name["boxes"]
+    a, b = names
+    sa, sb = shapes[a], shapes[b]
+    if sa[-1] == 4 and sb[-1] != 4:
+        return b, a
+    if sb[-1] == 4 and sa[-1] != 4:
+        return a, b
+    if n_classes == 4:  # both end in 4: 3 object classes + background; guess by order (pytorch-ssd: scores first)
+        return a, b
+    raise UserError(f"{path}: cannot tell scores from boxes by shape ({sa} and {sb}); use a bundle "
+                    "(`edge-ssd convert`) whose manifest names the outputs")
+
+
+def _output_shapes(backend: Backend) -> dict[str, tuple[int, ...]]:
+    """Real output shapes after one run on zeros (TFLite can report placeholder shapes before invoking)."""
+    raw = backend.run(np.zeros(backend.input.shape, dtype=backend.input.dtype))
+    return {k: tuple(v.shape) for k, v in raw.items()}
+
+
+def _labels_for(path: Path, labels, n_classes: int | None, metadata: dict | None = None) -> list[str]:
+    if isinstance(labels, (list, tuple)):
+        out = [str(v) for v in labels]
+    elif labels:
+        out = read_labels(labels)
+    elif metadata and LABELS_META_KEY in metadata:
+        try:
+            out = [str(v) for v in json.loads(metadata[LABELS_META_KEY])]
+        except (json.JSONDecodeError, TypeError):
+            raise UserError(f"{path}: metadata {LABELS_META_KEY} is not a JSON list; re-export the model or "
+                            "pass --labels") from None
+    else:
+        f = find_labels_file(path)
+        if f is None:
+            raise UserError(f"{path}: no labels found (no {LABELS_META_KEY} metadata, no labels file beside "
+                            "it); pass --labels FILE (one label per line, BACKGROUND first)")
+        out = read_labels(f)
+    if n_classes is not None and len(out) != n_classes:
+        if len(out) == n_classes - 1:  # labels without the background class
+            out = ["BACKGROUND", *out]
+        else:
+            raise UserError(f"{path}: the model has {n_classes} classes but {len(out)} labels were given; "
+                            "pass the labels file the model was trained with")
+    return out
+
+
+def _input_config_from_tensor(info: TensorInfo, path: Path) -> InputConfig:
+    shape = info.shape
+    if len(shape) != 4:
+        raise UserError(f"{path}: expected a 4-D image input, got shape {list(shape)}")
+    if shape[-1] == 3:
+        return InputConfig(width=int(shape[2]), height=int(shape[1]), layout="NHWC")
+    if shape[1] == 3:
+        return InputConfig(width=int(shape[3]), height=int(shape[2]), layout="NCHW")
+    raise UserError(f"{path}: input shape {list(shape)} is neither NHWC nor NCHW with 3 channels")
+
+
+def load_detector(path: str | Path, backend: str = "auto", threads: int | None = None,
+                  score_threshold: float | None = None, labels: str | Path | list | None = None,
+                  iou_threshold: float | None = None, top_k: int | None = None,
+                  edgetpu_device: str | None = None) -> Detector:
+    """Load a bundle directory, an ``.onnx`` model or a bare ``.tflite`` (see the module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"model {p} not found; pass a bundle directory (from `edge-ssd convert`), an .onnx "
+                        "or a .tflite file")
+    if is_bundle(p):
+        det = _load_bundle(p, backend, threads, labels, edgetpu_device)
+    elif p.is_dir():
+        raise UserError(f"{p}: directory has no manifest.json; pass a bundle written by `edge-ssd convert`")
+    elif p.suffix == ".onnx":
+        det = _load_onnx(p, backend, threads, labels)
+    elif p.suffix == ".tflite":
+        det = _load_bare_tflite(p, backend, threads, labels, edgetpu_device)
+    else:
+        raise UserError(f"{p}: unknown model type {p.suffix!r}; pass a bundle directory, .onnx or .tflite")
+    if score_threshold is not None:
+        det.score_threshold = det.post.score_threshold = float(score_threshold)
+    if iou_threshold is not None:
+        det.post.iou_threshold = float(iou_threshold)
+    if top_k is not None:
+        det.post.top_k = int(top_k)
+    # warm up (first invoke allocates/plans) so the first real frame is not an outlier
+    det.infer(det.preprocess(np.zeros((det.input_size[1], det.input_size[0], 3), np.uint8)))
+    log.info("loaded %s", det.describe())
+    return det
+
+
+def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Detector:
+    try:
+        m, model_path = load_manifest(p)
+    except BundleError as e:
+        raise UserError(str(e)) from None
+    if backend == "auto" and m.target == "edgetpu":
+        backend = "edgetpu"
+    be = open_backend(model_path, backend=backend, threads=threads, edgetpu_device=edgetpu_device)
+    names = [o.name for o in be.outputs]
+    scores_name, boxes_name = m.scores.name, m.boxes.name
+    if scores_name not in names or boxes_name not in names:
+        log.warning("%s: output names %s/%s from the manifest are not in the model (%s); identifying by shape",
+                    p, scores_name, boxes_name, ", ".join(names))
+        scores_name, boxes_name = _identify_outputs(be, model_path, len(m.labels))
+    ins = m.input
+    if tuple(be.input.shape) != tuple(ins.shape):
+        raise UserError(f"{p}: manifest input shape {ins.shape} differs from the model's "
+                        f"{list(be.input.shape)}; re-run `edge-ssd convert`")
+    inp = InputConfig(width=ins.width, height=ins.height, layout=ins.layout, color=ins.color,
+                      norm=Normalization(tuple(ins.mean), tuple(ins.std)))
+    pp = m.postprocess
+    post = PostprocessConfig(score_fn=pp.score_fn, box_encoding=pp.box_encoding, priors=m.priors_array(),
+                             center_variance=pp.center_variance, size_variance=pp.size_variance,
+                             background=pp.background_class, iou_threshold=pp.iou_threshold,
+                             score_threshold=pp.score_threshold, candidate_size=pp.candidate_size, top_k=pp.top_k)
+    lab = _labels_for(p, labels, None) if labels else list(m.labels)
+    name = p.name[:-len(".bundle")] if p.name.endswith(".bundle") else p.name
+    return Detector(be, lab, inp, post, scores_name, boxes_name, name=name, source_path=str(p))
+
+
+def _load_onnx(p: Path, backend: str, threads, labels) -> Detector:
+    be = open_backend(p, backend=backend, threads=threads)
+    inp = _input_config_from_tensor(be.input, p)
+    if any(d <= 0 for d in be.input.shape[1:]):
+        raise UserError(f"{p}: input shape {list(be.input.shape)} is not fixed; export with a fixed size")
+    if inp.layout != "NCHW":
+        log.warning("%s: input is NHWC; the pytorch-ssd contract is NCHW", p)
+    be.input.shape = (1, *be.input.shape[1:])
+    scores_name, boxes_name = _identify_outputs(be, p, None)
+    n_classes = _output_shapes(be)[scores_name][-1]
+    lab = _labels_for(p, labels, n_classes, getattr(be, "metadata", None))
+    post = PostprocessConfig(score_fn="none", box_encoding="corners")
+    return Detector(be, lab, inp, post, scores_name, boxes_name, name=p.stem, source_path=str(p))
+
+
+def _load_bare_tflite(p: Path, backend: str, threads, labels, edgetpu_device) -> Detector:
+    be = open_backend(p, backend=backend, threads=threads, edgetpu_device=edgetpu_device)
+    inp = _input_config_from_tensor(be.input, p)
+    scores_name, boxes_name = _identify_outputs(be, p, None)
+    n_classes = _output_shapes(be)[scores_name][-1]
+    lab = _labels_for(p, labels, n_classes)
+    log.warning("%s: bare .tflite without a manifest: assuming the pytorch-ssd contract (RGB, (x-127)/128, "
+                "softmaxed scores, corner boxes); convert with `edge-ssd convert` for a self-describing bundle", p)
+    post = PostprocessConfig(score_fn="none", box_encoding="corners")
+    return Detector(be, lab, inp, post, scores_name, boxes_name, name=p.stem, source_path=str(p))
