@@ -1,0 +1,71 @@
+"""``edge-ssd convert model.onnx``: calibrated int8 TFLite bundle with a fidelity report."""
+
+from __future__ import annotations
+
+import argparse
+
+from .inspect import _shape
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        v = [float(x) for x in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: give one number or three comma-separated numbers") from None
+    if len(v) == 1:
+        v = v * 3
+    if len(v) != 3:
+        raise argparse.ArgumentTypeError(f"{s!r}: give one number or three (R,G,B)")
+    return v
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert", help="ONNX SSD -> calibrated int8 TFLite bundle with measured fidelity",
+        description="Cut the SSD tail (softmax + box decode, kept in float on the host), quantise the body to int8 "
+                    "with onnx2tf using real calibration images, validate fp32 vs int8 and write a bundle "
+                    "(manifest.json, model.tflite, report.json/.md/.png). Exit 4 when detection agreement falls "
+                    "below --min-agreement (artefacts are kept).")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("-o", "--output", default=None, help="bundle directory (default: <model>.bundle)")
+    p.add_argument("--calib", nargs="+", required=True, metavar="DIR",
+                   help="calibration images: image folder(s), VOC root(s) or Open Images root(s)")
+    p.add_argument("--calib-split", default=None, help="Open Images split for --calib (e.g. train)")
+    p.add_argument("--calib-count", type=int, default=200, help="calibration images to use (default 200)")
+    p.add_argument("--val", nargs="+", default=None, metavar="DIR",
+                   help="held-out validation images (default: reuse calibration images, with a warning)")
+    p.add_argument("--val-split", default=None, help="Open Images split for --val (e.g. test)")
+    p.add_argument("--labels", default=None, help="labels file, one per line, BACKGROUND first")
+    p.add_argument("--target", choices=["cpu", "edgetpu"], default="cpu")
+    p.add_argument("--quant", choices=["auto", "per-channel", "per-tensor"], default="auto",
+                   help="weight quantisation (auto: per-channel if onnx2tf manages it, else per-tensor)")
+    p.add_argument("--mean", type=_floats, default=None, help="normalisation mean (default 127)")
+    p.add_argument("--std", type=_floats, default=None, help="normalisation std (default 128)")
+    p.add_argument("--input-shape", type=_shape, default=None, metavar="N,C,H,W", help="fix a dynamic input shape")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="score threshold for agreement and manifest")
+    p.add_argument("--min-agreement", type=float, default=0.9,
+                   help="minimum int8-vs-fp32 detection F1 (default 0.9); below it exit 4")
+    p.add_argument("--force", action="store_true", help="allow < 10 calibration images / non-empty output dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from ..convert.api import EXIT_LOW_AGREEMENT, convert_model
+    from ..convert.report import format_markdown
+
+    out = Path(args.output) if args.output else Path(Path(args.model).stem + ".bundle")
+    r = convert_model(args.model, out, calib=args.calib, calib_count=args.calib_count, val=args.val,
+                      labels=args.labels, target=args.target, quant=args.quant, min_agreement=args.min_agreement,
+                      force=args.force, progress=not args.no_progress, mean=args.mean, std=args.std,
+                      input_shape=args.input_shape, calib_split=args.calib_split, val_split=args.val_split,
+                      score_threshold=args.score_threshold)
+    print(format_markdown(r.report))
+    print(f"bundle: {r.bundle_dir}")
+    if not r.ok:
+        print(f"edge-ssd: error: {r.report['failure']}; artefacts kept in {r.bundle_dir}", file=sys.stderr)
+        return EXIT_LOW_AGREEMENT
+    return 0

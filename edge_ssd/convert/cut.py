@@ -1,0 +1,84 @@
+"""Cut an SSD ONNX model before its post-processing tail, and prove the cut on real images.
+
+The cut model keeps the body (input -> raw class logits ``1xNxC`` and raw box offsets ``1xNx4``); the tail
+(softmax + box decode against the priors) runs in float on the host with :mod:`edge_ssd.model.box`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..model.box import decode_boxes, sigmoid, softmax
+from .inspect import ModelInfo, real_inputs, run_onnx_tensors, subgraph
+
+
+def cut_model(model, info: ModelInfo):
+    """An ONNX model whose outputs are the tail's inputs (logits, offsets), with static output shapes."""
+    import onnx
+    from onnx import helper
+
+    t = info.tail
+    inp = real_inputs(model)[0]
+    shape = [int(s) for s in info.input.shape]
+    sub = subgraph(model, {inp.name: shape}, [t.logits_tensor, t.offsets_tensor])
+    outs = run_onnx_tensors(sub, {inp.name: np.zeros(shape, np.float32)}, [t.logits_tensor, t.offsets_tensor])
+    del sub.graph.output[:]
+    for name, arr in zip([t.logits_tensor, t.offsets_tensor], outs, strict=True):
+        sub.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(arr.shape)))
+    for p in model.metadata_props:
+        sub.metadata_props.append(p)
+    onnx.checker.check_model(sub)
+    return sub
+
+
+def host_tail(logits: np.ndarray, offsets: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
+    """The float tail on the host: (scores, corner boxes) of one image from raw outputs."""
+    t = info.tail
+    lg = logits[0] if logits.ndim == 3 else logits
+    of = offsets[0] if offsets.ndim == 3 else offsets
+    scores = softmax(lg) if t.score_fn == "softmax" else sigmoid(lg)
+    boxes = decode_boxes(of, t.priors, t.center_variance, t.size_variance)
+    return scores, boxes
+
+
+@dataclass
+class CutCheck:
+    images: int
+    scores_max_abs: float
+    boxes_max_abs: float
+    ok: bool
+
+
+def self_check(model, cut, info: ModelInfo, batches: list[np.ndarray], tol: float = 1e-4) -> CutCheck:
+    """Full model vs cut model + host tail on real preprocessed images (NCHW float batches of one)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    full = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    part = ort.InferenceSession(cut.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = real_inputs(model)[0].name
+    t = info.tail
+    es, eb = 0.0, 0.0
+    for x in batches:
+        s_ref, b_ref = full.run([t.scores_output, t.boxes_output], {name: x})
+        lg, of = part.run([t.logits_tensor, t.offsets_tensor], {name: x})
+        s, b = host_tail(lg, of, info)
+        es = max(es, float(np.max(np.abs(s - s_ref[0]))))
+        eb = max(eb, float(np.max(np.abs(b - b_ref[0]))))
+    return CutCheck(len(batches), es, eb, bool(es <= tol and eb <= tol))
+
+
+def save_cut(cut, path: str | Path) -> Path:
+    import onnx
+
+    p = Path(path)
+    try:
+        onnx.save(cut, str(p))
+    except OSError as e:
+        raise UserError(f"cannot write {p}: {e.strerror}; choose a writable output directory with -o") from None
+    return p
