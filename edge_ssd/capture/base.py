@@ -112,6 +112,7 @@ class Source:
         self._connected = False
         self._failures = 0
         self._next_t = 0.0
+        self._io = threading.RLock()  # serialises connect/grab (sync mode) with close()
 
     # -- to implement ---------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -190,7 +191,8 @@ class Source:
             if self._thread.is_alive():
                 log.warning("%s: capture thread did not stop within 10 s", self.name)
         self._thread = None
-        self._safe_disconnect()
+        with self._io:
+            self._safe_disconnect()
         if self.status not in ("ended", "failed"):
             self._set_status("ended")
 
@@ -263,6 +265,10 @@ class Source:
 
     def _read_sync(self, timeout: float | None) -> Frame | None:
         """Process-all mode: the next frame in order, reconnecting in the caller's thread if needed."""
+        with self._io:
+            return self._read_sync_locked()
+
+    def _read_sync_locked(self) -> Frame | None:
         while not self._stop.is_set():
             if self.status in ("ended", "failed"):
                 return None

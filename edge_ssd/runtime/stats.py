@@ -1,0 +1,82 @@
+"""Small, thread-safe counters for the pipeline and the benchmark: rolling percentiles and a rate meter."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+
+class Rolling:
+    """The last ``size`` values of a measurement (e.g. latency in ms) with percentiles."""
+
+    def __init__(self, size: int = 1000):
+        self._buf = np.zeros(size, np.float64)
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def add(self, v: float) -> None:
+        with self._lock:
+            self._buf[self._n % self._buf.size] = v
+            self._n += 1
+
+    @property
+    def count(self) -> int:
+        return self._n
+
+    def values(self) -> np.ndarray:
+        with self._lock:
+            return self._buf[: min(self._n, self._buf.size)].copy()
+
+    def percentile(self, q: float) -> float | None:
+        v = self.values()
+        return float(np.percentile(v, q)) if v.size else None
+
+    def summary(self, digits: int = 2) -> dict:
+        v = self.values()
+        if not v.size:
+            return {"p50": None, "p95": None, "mean": None, "n": 0}
+        p50, p95 = np.percentile(v, [50, 95])
+        return {"p50": round(float(p50), digits), "p95": round(float(p95), digits),
+                "mean": round(float(v.mean()), digits), "n": self._n}
+
+
+class RateMeter:
+    """Events per second over the last ``window`` seconds (monotonic clock)."""
+
+    def __init__(self, window: float = 5.0):
+        self.window = window
+        self._t: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def tick(self, t: float | None = None) -> None:
+        t = time.monotonic() if t is None else t
+        with self._lock:
+            self._t.append(t)
+            self._trim(t)
+
+    def _trim(self, now: float) -> None:
+        while self._t and now - self._t[0] > self.window:
+            self._t.popleft()
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            n = len(self._t)
+            if n < 2:
+                return 0.0
+            span = max(self._t[-1] - self._t[0], 1e-9)
+            return (n - 1) / span
+
+
+def summarize_ms(values, digits: int = 3) -> dict:
+    """p50/p95/mean of a list of milliseconds (for the benchmark)."""
+    v = np.asarray(values, np.float64)
+    if not v.size:
+        return {"p50": None, "p95": None, "mean": None, "n": 0}
+    p50, p95 = np.percentile(v, [50, 95])
+    return {"p50": round(float(p50), digits), "p95": round(float(p95), digits), "mean": round(float(v.mean()), digits),
+            "n": int(v.size)}
