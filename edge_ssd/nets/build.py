@@ -7,6 +7,7 @@ at ``width_mult=1.0`` the state-dict keys and shapes are exactly those of the au
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import zipfile
@@ -137,6 +138,10 @@ def _load_problem(e: BaseException) -> str:
     text = str(e)
     low = text.lower()
     if "central directory" in low or "zip archive" in low or isinstance(e, (EOFError, zipfile.BadZipFile)):
+        return "the file is truncated or corrupt"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, OSError) and e.errno == errno.EINVAL:  # a seek past the end of a cut-short zip
         return "the file is truncated or corrupt"
     if "weights only load failed" in low or isinstance(e, pickle.UnpicklingError):
         return "not a PyTorch tensor checkpoint (or it holds pickled objects other than tensors)"
