@@ -1,0 +1,349 @@
+"""The daemon's configuration: one YAML file, validated with pydantic v2 (``extra="forbid"``).
+
+Errors name the key path AND the YAML line (``config.yaml:12: mqtt.prot: unknown key``): the file is composed
+with PyYAML's node API, which keeps a start mark for every mapping key and sequence item, and pydantic's error
+locations are mapped back onto those marks.
+
+Secrets never need to live in the file:
+  - ``mqtt.password_file``: a file holding the password (first line, stripped); relative paths are resolved
+    against the config file's directory; ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``) and other
+    environment variables are expanded.
+  - environment overrides (applied before validation, so they are validated too):
+    ``EDGE_SSD_MQTT_PASSWORD``, ``EDGE_SSD_MQTT_USERNAME``, ``EDGE_SSD_MQTT_HOST``, ``EDGE_SSD_MQTT_PORT``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import UserError
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+DEFAULT_SPOOL_DIR = "/var/lib/edge-ssd/spool"
+ENV_OVERRIDES = {
+    "EDGE_SSD_MQTT_PASSWORD": ("mqtt", "password"),
+    "EDGE_SSD_MQTT_USERNAME": ("mqtt", "username"),
+    "EDGE_SSD_MQTT_HOST": ("mqtt", "host"),
+    "EDGE_SSD_MQTT_PORT": ("mqtt", "port"),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelConfig(_Strict):
+    bundle: str = Field(description="bundle directory (manifest.json + model.tflite) or an .onnx/.tflite file")
+    threads: int = Field(default=2, ge=1, le=64)
+    backend: Literal["auto", "litert", "tflite_runtime", "edgetpu", "onnx"] = "auto"
+
+
+class LabelFilter(_Strict):
+    include: list[str] | None = None  # None = every label of the model
+    exclude: list[str] = Field(default_factory=list)
+
+    def allows(self, label: str) -> bool:
+        if self.include is not None and label not in self.include:
+            return False
+        return label not in self.exclude
+
+
+class SourceConfig(_Strict):
+    name: str = Field(pattern=NAME_RE)
+    url: str = Field(min_length=1, description="camera index, device path, file, glob, rtsp:// or http:// URL")
+    score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    labels: LabelFilter = Field(default_factory=LabelFilter)
+    max_fps: float | None = Field(default=None, gt=0)
+    max_frame_age: float | None = Field(default=None, gt=0, description="seconds; older frames are skipped")
+    snapshot: bool = False
+    loop: bool = False  # for file sources: start again at the end (soak tests, demos)
+
+
+class TLSConfig(_Strict):
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    insecure: bool = False  # skip hostname verification (self-signed test brokers only)
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together")
+        return self
+
+
+class RetainConfig(_Strict):
+    counts: bool = True
+    status: bool = True
+    stats: bool = False
+    detections: bool = False
+
+
+class MqttConfig(_Strict):
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: TLSConfig | None = None
+    username: str | None = None
+    password: str | None = None  # prefer password_file or EDGE_SSD_MQTT_PASSWORD
+    password_file: str | None = None
+    client_id: str | None = None  # default: edge-ssd-<device>-<random>
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    qos: Literal[0, 1, 2] = 1
+    topic_prefix: str = Field(default="edge-ssd", pattern=r"^[^#+]+$")
+    retain: RetainConfig = Field(default_factory=RetainConfig)
+    reconnect_min_delay: float = Field(default=1.0, gt=0)
+    reconnect_max_delay: float = Field(default=60.0, gt=0)
+    inflight: int = Field(default=100, ge=1, le=65535, description="unacknowledged QoS>=1 messages in flight")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+
+class SpoolConfig(_Strict):
+    dir: str | None = None  # default: $STATE_DIRECTORY/spool or /var/lib/edge-ssd/spool
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=4096)
+    max_age: float = Field(default=7 * 24 * 3600.0, gt=0, description="seconds")
+    fsync: Literal["always", "normal"] = "normal"
+
+    def resolved_dir(self) -> Path:
+        if self.dir:
+            return Path(os.path.expandvars(self.dir)).expanduser()
+        state = os.environ.get("STATE_DIRECTORY")
+        if state:
+            return Path(state.split(":")[0]) / "spool"
+        return Path(DEFAULT_SPOOL_DIR)
+
+
+class HomeAssistantConfig(_Strict):
+    enabled: bool = True
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[^#+]+$")
+    labels: list[str] | None = None  # count sensors for these labels (default: the sources' include lists)
+
+
+class FileSinkConfig(_Strict):
+    path: str
+    max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    backups: int = Field(default=3, ge=0, le=100)
+
+
+class SinksConfig(_Strict):
+    stdout: bool | None = None  # default: on when no mqtt section is configured
+    file: FileSinkConfig | None = None
+
+
+class Config(_Strict):
+    device: str = Field(pattern=NAME_RE)
+    model: ModelConfig
+    sources: list[SourceConfig] = Field(min_length=1)
+    mqtt: MqttConfig | None = None
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    stats_interval: float = Field(default=30.0, gt=0, description="seconds between stats messages")
+    flush_timeout: float = Field(default=10.0, ge=0, description="seconds to drain the spool on stop")
+    sinks: SinksConfig = Field(default_factory=SinksConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for s in v:
+            if s.name in seen:
+                raise ValueError(f"duplicate source name {s.name!r}")
+            seen.add(s.name)
+        return v
+
+    @property
+    def stdout_enabled(self) -> bool:
+        return self.sinks.stdout if self.sinks.stdout is not None else self.mqtt is None
+
+    def client_id(self) -> str:
+        if self.mqtt and self.mqtt.client_id:
+            return self.mqtt.client_id
+        return _default_client_id(self.device)
+
+
+_CLIENT_IDS: dict[str, str] = {}
+
+
+def _default_client_id(device: str) -> str:
+    # stable for the process lifetime (reconnects keep the same id), unique across processes
+    if device not in _CLIENT_IDS:
+        _CLIENT_IDS[device] = f"edge-ssd-{device}-{secrets.token_hex(3)}"
+    return _CLIENT_IDS[device]
+
+
+@dataclass
+class LoadedConfig:
+    config: Config
+    path: Path
+    password: str | None  # the effective MQTT password (file > env > inline)
+
+    def summary(self) -> str:
+        c = self.config
+        lines = [f"{self.path}: OK", f"  device: {c.device}", f"  model: {c.model.bundle} ({c.model.backend}, "
+                 f"{c.model.threads} threads)"]
+        for s in c.sources:
+            lab = "all labels" if s.labels.include is None else ",".join(s.labels.include)
+            lines.append(f"  source {s.name}: {s.url} (score>={s.score_threshold}, {lab}"
+                         f"{', max ' + str(s.max_fps) + ' fps' if s.max_fps else ''})")
+        if c.mqtt:
+            m = c.mqtt
+            auth = f", user {m.username}" if m.username else ""
+            lines.append(f"  mqtt: {'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port} qos {m.qos}, prefix "
+                         f"{m.topic_prefix}/{c.device}{auth}, password {'set' if self.password else 'not set'}")
+            lines.append(f"  spool: {c.spool.resolved_dir()} (max {c.spool.max_bytes} bytes, {c.spool.max_age:g} s)")
+            ha = c.homeassistant
+            lines.append(f"  homeassistant: {'on, ' + ha.discovery_prefix if ha.enabled else 'off'}")
+        sinks = [n for n, on in (("stdout", c.stdout_enabled), ("file", c.sinks.file is not None)) if on]
+        lines.append(f"  sinks: {', '.join(sinks) or 'none'}{' + mqtt' if c.mqtt else ''}")
+        return "\n".join(lines)
+
+
+class ConfigError(UserError):
+    """Config problems; ``problems`` holds one ``file:line: key: problem`` line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more; run 'edge-ssd config check')" if len(problems) > 1 else ""
+        super().__init__(problems[0] + more)
+
+
+# -- YAML with line numbers -------------------------------------------------------------------------------------
+
+def _line_map(node: yaml.Node | None, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Path tuple (keys and list indices) -> 1-based line of that key / item."""
+    out = {} if out is None else out
+    if node is None:
+        return out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
+            out[path + (key,)] = k.start_mark.line + 1
+            _line_map(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _line_map(item, path + (i,), out)
+    return out
+
+
+def _loc_line(lines: dict[tuple, int], loc: tuple) -> int:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def _fmt_loc(loc: tuple) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _problem_text(err: dict) -> str:
+    t = err["type"]
+    if t == "extra_forbidden":
+        return "unknown key (remove it or check the spelling; see deploy/config.example.yaml)"
+    if t == "missing":
+        return "required key is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if t == "literal_error" or t.endswith("_type") or t.startswith("string_pattern"):
+        msg += f" (got {err.get('input')!r})"
+    return msg
+
+
+def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] | None = None) -> LoadedConfig:
+    """Validate config ``text``; raises ``ConfigError`` with ``file:line: key: problem`` lines."""
+    path = Path(path)
+    env = os.environ if env is None else env
+    fname = str(path)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"{fname}:{line}: (yaml): {problem} (fix the YAML syntax)"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{fname}:1: (top level): expected a mapping of sections (device:, model:, ...)"])
+    lines = _line_map(node)
+    for var, (sec, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            section = data.get(sec)
+            if isinstance(section, dict):
+                section[key] = env[var]
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            problems.append((_loc_line(lines, loc), f"{_fmt_loc(loc)}: {_problem_text(err)}"))
+        problems.sort(key=lambda p: p[0])
+        raise ConfigError([f"{fname}:{line}: {text}" for line, text in problems]) from None
+    password = None
+    if cfg.mqtt:
+        password = cfg.mqtt.password
+        if cfg.mqtt.password_file and not env.get("EDGE_SSD_MQTT_PASSWORD"):
+            pf = Path(os.path.expandvars(cfg.mqtt.password_file)).expanduser()
+            if not pf.is_absolute():
+                pf = path.parent / pf
+            line = _loc_line(lines, ("mqtt", "password_file"))
+            try:
+                password = pf.read_text().splitlines()[0].strip() if pf.stat().st_size else ""
+            except OSError as e:
+                raise ConfigError([f"{fname}:{line}: mqtt.password_file: cannot read {pf}: {e.strerror} "
+                                   "(create it, readable by the edge-ssd user)"]) from None
+        if cfg.mqtt.tls:
+            for key in ("ca", "cert", "key"):
+                v = getattr(cfg.mqtt.tls, key)
+                if v and not Path(v).expanduser().is_file():
+                    line = _loc_line(lines, ("mqtt", "tls", key))
+                    raise ConfigError([f"{fname}:{line}: mqtt.tls.{key}: file not found: {v} (fix the path)"])
+        if cfg.mqtt.password and not cfg.mqtt.username:
+            line = _loc_line(lines, ("mqtt",))
+            raise ConfigError([f"{fname}:{line}: mqtt.username: a password is set but no username"])
+    return LoadedConfig(cfg, path, password)
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError([f"{p}:0: (file): cannot read config: {e.strerror} (check the --config path)"]) from None
+    return parse_config(text, p, env)
+
+
+def slug(label: str) -> str:
+    """A label as an MQTT topic level / Home Assistant object id: lowercase, [a-z0-9_] only."""
+    s = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+    return s or "unknown"
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    d = cfg.model_dump()
+    if d.get("mqtt"):
+        d["mqtt"]["password"] = "***" if d["mqtt"].get("password") else None
+    return d

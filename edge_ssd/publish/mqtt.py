@@ -1,0 +1,322 @@
+"""MQTT publishing that loses nothing (paho-mqtt 2.x, ``CallbackAPIVersion.VERSION2``).
+
+Three kinds of messages:
+  - durable (detections): appended to the on-disk :class:`~edge_ssd.publish.spool.Spool` first, handed to the
+    broker in spool order, deleted from the spool only when acknowledged (PUBACK -> ``on_publish(mid)``). Live
+    messages never overtake spooled ones because *every* durable message goes through the spool: the
+    publisher always sends the oldest unsent row next.
+  - state (availability, per-label counts, per-source status, stats, Home Assistant discovery): latest value
+    per topic, published when it changes and re-published after EVERY (re)connect and when
+    ``homeassistant/status`` goes ``online``.
+  - live (snapshots): best effort, only while connected.
+
+Connection handling. One I/O thread owns the paho client and drives ``client.loop()`` itself, and all publishes
+happen on that thread, so the order on the wire is exactly the spool order. After a disconnect the client
+object is discarded and a fresh one connects (exponential backoff between ``reconnect_min_delay`` and
+``reconnect_max_delay``, the same schedule as paho's ``reconnect_delay_set``). Why not paho's own
+``loop_start`` auto-reconnect: paho keeps unacknowledged messages in memory and re-sends them after its
+on_connect callback, so anything published from another thread in between overtakes them, and the spool
+replay would send them a second time. With one thread and one client per connection, unacknowledged spool
+rows are simply replayed in id order on the new connection. Delivery is at-least-once: a message whose PUBACK
+was lost with the connection is sent again (MQTT's DUP semantics); consumers can de-duplicate on
+``(device, source, frame)``.
+
+Broker refusals (bad credentials, not authorised) are logged as one line per distinct reason; the publisher
+keeps retrying with backoff (messages keep going to the spool) so that fixing the broker side, or the config
+plus ``systemctl reload edge-ssd``, recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from collections import deque
+
+from .spool import Spool
+from .topics import Topics
+
+log = logging.getLogger("edge_ssd.mqtt")
+
+
+class MqttPublisher:
+    def __init__(self, host: str, port: int = 1883, *, topics: Topics, spool: Spool, client_id: str,
+                 username: str | None = None, password: str | None = None, tls=None, keepalive: int = 30,
+                 qos: int = 1, min_delay: float = 1.0, max_delay: float = 60.0, inflight: int = 100,
+                 discovery_prefix: str | None = None):
+        self.host, self.port = host, int(port)
+        self.topics = topics
+        self.spool = spool
+        self.client_id = client_id
+        self.username, self.password = username, password
+        self.tls = tls
+        self.keepalive = int(keepalive)
+        self.qos = int(qos)
+        self.min_delay, self.max_delay = float(min_delay), max(float(max_delay), float(min_delay))
+        self.inflight = int(inflight)
+        self.discovery_prefix = discovery_prefix
+        self._lock = threading.Lock()
+        self._discovery: dict[str, bytes] = {}
+        self._state: dict[str, tuple[bytes, bool, int]] = {}
+        self._dirty: list[str] = []  # state topics changed since last published (in change order)
+        self._live: deque = deque(maxlen=64)
+        self._announce = False
+        self._stop = threading.Event()
+        self._flush_deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self.connects = 0
+        self.disconnects = 0
+        self.sent = 0
+        self.acked = 0
+        self.state_published = 0
+        self.unspooled = 0  # sent without the spool (disk full)
+        self.last_error: str | None = None
+        self._logged_errors: set[str] = set()
+        self._offline_acked = False
+
+    # -- producer API (any thread) ------------------------------------------------------------------------
+    def publish_durable(self, topic: str, payload: bytes, qos: int | None = None, retain: bool = False) -> bool:
+        qos = self.qos if qos is None else qos
+        rid = self.spool.append(topic, payload, qos, retain, count_drop=False)
+        if rid is None:
+            # the spool could not store it (disk full / too big): send directly if that cannot reorder anything
+            if self.connected and len(self.spool) == 0:
+                with self._lock:
+                    self._live.append((topic, payload, qos, retain))
+                self.unspooled += 1
+                return True
+            self.spool.count_drop()
+            return False
+        return True
+
+    def set_state(self, topic: str, payload: bytes | str, retain: bool = True, qos: int | None = None) -> None:
+        if isinstance(payload, str):
+            payload = payload.encode()
+        qos = self.qos if qos is None else qos
+        with self._lock:
+            if self._state.get(topic, (None,))[0] == payload:
+                return
+            self._state[topic] = (payload, retain, qos)
+            if topic not in self._dirty:
+                self._dirty.append(topic)
+
+    def set_discovery(self, messages: list[tuple[str, bytes]]) -> None:
+        with self._lock:
+            self._discovery = dict(messages)
+            self._announce = True
+
+    def publish_live(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        if not self.connected:
+            return False
+        with self._lock:
+            self._live.append((topic, payload, qos, retain))
+        return True
+
+    def stats(self) -> dict:
+        return {"connected": self.connected, "connects": self.connects, "disconnects": self.disconnects,
+                "sent": self.sent, "acked": self.acked, "unspooled": self.unspooled, "last_error": self.last_error}
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> MqttPublisher:
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, flush_timeout: float = 10.0) -> bool:
+        """Send what the spool holds (up to ``flush_timeout`` s), publish ``offline``, disconnect cleanly.
+        Returns True when the spool was drained."""
+        if self._thread is None:
+            return len(self.spool) == 0
+        self._flush_deadline = time.monotonic() + flush_timeout
+        self._stop.set()
+        self._thread.join(flush_timeout + 5.0)
+        self._thread = None
+        return len(self.spool) == 0
+
+    def wait_connected(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.connected:
+                return True
+            time.sleep(0.02)
+        return self.connected
+
+    # -- I/O thread ----------------------------------------------------------------------------------------
+    def _new_client(self):
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
+                        protocol=mqtt.MQTTv311)
+        c.max_inflight_messages_set(self.inflight)
+        c.max_queued_messages_set(0)
+        c.connect_timeout = 10.0
+        if self.username:
+            c.username_pw_set(self.username, self.password)
+        if self.tls is not None:
+            c.tls_set(ca_certs=self.tls.ca, certfile=self.tls.cert, keyfile=self.tls.key,
+                      cert_reqs=ssl.CERT_REQUIRED)
+            if self.tls.insecure:
+                c.tls_insecure_set(True)
+        c.will_set(self.topics.available, b"offline", qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        return c
+
+    def _log_once(self, key: str, msg: str, level=logging.ERROR) -> None:
+        self.last_error = msg
+        if key not in self._logged_errors:
+            self._logged_errors.add(key)
+            log.log(level, msg)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            client = self._new_client()
+            self._session_ok = False
+            self._refused = None
+            self._handed: dict[int, int] = {}
+            try:
+                client.connect(self.host, self.port, self.keepalive)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                self._log_once(f"connect:{type(e).__name__}:{getattr(e, 'errno', '')}",
+                               f"mqtt: cannot connect to {self.host}:{self.port}: {e}; retrying with backoff, "
+                               f"detections are spooled in {self.spool.dir}", logging.WARNING)
+            else:
+                if self._session(client):
+                    attempt = 0
+            sock = client.socket()
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            if self._stop.is_set():
+                break
+            delay = min(self.max_delay, self.min_delay * 2 ** attempt) * (0.75 + 0.25 * random.random())
+            attempt = min(attempt + 1, 30)
+            self._stop.wait(delay)
+
+    def _session(self, client) -> bool:
+        """Run one connection until it drops (or stop); True if it got as far as a successful CONNACK."""
+        import paho.mqtt.client as mqtt
+
+        t0 = time.monotonic()
+        cursor = 0  # highest spool id handed to this connection
+        offline_mid = None
+        while True:
+            rc = client.loop(timeout=0.02)
+            if rc != mqtt.MQTT_ERR_SUCCESS or self._refused is not None:
+                break
+            if not self._session_ok:
+                if self._stop.is_set():
+                    break
+                if time.monotonic() - t0 > 15.0:
+                    self._log_once("connack-timeout", f"mqtt: no CONNACK from {self.host}:{self.port} in 15 s")
+                    break
+                continue
+            stopping = self._stop.is_set()
+            self._publish_state(client)
+            with self._lock:
+                live = list(self._live)
+                self._live.clear()
+            for topic, payload, qos, retain in live:
+                client.publish(topic, payload, qos=qos, retain=retain)
+            # durable: the oldest unsent rows first, at most `inflight` unacknowledged
+            room = self.inflight - len(self._handed)
+            if room > 0 and len(self.spool) > len(self._handed):
+                for rec in self.spool.peek(cursor, room):
+                    info = client.publish(rec.topic, rec.payload, qos=rec.qos, retain=rec.retain)
+                    cursor = rec.id
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                    self.sent += 1
+                    self._handed[info.mid] = rec.id  # QoS 0: on_publish fires once written
+            if stopping:
+                drained = not self._handed and len(self.spool) == 0
+                if offline_mid is None and (drained or time.monotonic() > (self._flush_deadline or 0)):
+                    info = client.publish(self.topics.available, b"offline", qos=1, retain=True)
+                    offline_mid = info.mid
+                    self._offline_mid = offline_mid
+                    self._offline_at = time.monotonic()
+                if offline_mid is not None and (self._offline_acked or time.monotonic() - self._offline_at > 3.0):
+                    client.disconnect()
+                    client.loop(timeout=0.1)
+                    break
+        self._set_disconnected()
+        return self._session_ok
+
+    def _publish_state(self, client) -> None:
+        with self._lock:
+            announce, self._announce = self._announce, False
+            if announce:
+                disc = list(self._discovery.items())
+                dirty = list(self._state.keys())
+            else:
+                disc = []
+                dirty = self._dirty
+            self._dirty = []
+            items = [(t, *self._state[t]) for t in dirty if t in self._state]
+        for topic, payload in disc:
+            client.publish(topic, payload, qos=1, retain=True)
+        if announce:
+            client.publish(self.topics.available, b"online", qos=1, retain=True)
+        for topic, payload, retain, qos in items:
+            client.publish(topic, payload, qos=qos, retain=retain)
+            self.state_published += 1
+
+    def _set_disconnected(self) -> None:
+        if self.connected:
+            self.disconnects += 1
+            log.warning("mqtt: disconnected from %s:%d; spooling (%d queued)", self.host, self.port, len(self.spool))
+        self.connected = False
+
+    # -- paho callbacks (run on the I/O thread, inside client.loop) -----------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refused = str(reason_code)
+            hint = ""
+            if "password" in self._refused.lower() or "authori" in self._refused.lower():
+                hint = "; check mqtt.username and mqtt.password_file / EDGE_SSD_MQTT_PASSWORD"
+            self._log_once(f"refused:{self._refused}",
+                           f"mqtt: broker {self.host}:{self.port} refused the connection: {self._refused}{hint} "
+                           "(retrying with backoff; detections are spooled)")
+            return
+        self._session_ok = True
+        self.connected = True
+        self.connects += 1
+        self._logged_errors.clear()
+        self.last_error = None
+        log.info("mqtt: connected to %s:%d as %s (%d spooled messages to send)", self.host, self.port,
+                 self.client_id, len(self.spool))
+        if self.discovery_prefix:
+            client.subscribe(f"{self.discovery_prefix}/status", qos=1)
+        with self._lock:
+            self._announce = True  # discovery, availability and every state topic again
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._set_disconnected()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if mid == getattr(self, "_offline_mid", None):
+            self._offline_acked = True
+        rid = self._handed.pop(mid, None)
+        if rid is not None:
+            self.spool.ack(rid)
+            self.acked += 1
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if self.discovery_prefix and msg.topic == f"{self.discovery_prefix}/status":
+            if msg.payload.strip().lower() == b"online":
+                log.info("mqtt: Home Assistant came online: re-announcing discovery and state")
+                with self._lock:
+                    self._announce = True
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,45 @@
+"""MQTT topic layout (schema 1); see docs/mqtt.md. Everything lives under ``<prefix>/<device>/``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..daemon.config import slug
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = "edge-ssd"
+    device: str = "edge"
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.device}"
+
+    @property
+    def available(self) -> str:  # retained "online" / "offline" (offline is the broker's last will)
+        return f"{self.base}/available"
+
+    @property
+    def stats(self) -> str:  # periodic JSON
+        return f"{self.base}/stats"
+
+    def detections(self, source: str) -> str:  # JSON per processed frame
+        return f"{self.base}/{source}/detections"
+
+    def count(self, source: str, label: str) -> str:  # retained integer, published on change
+        return f"{self.base}/{source}/{slug(label)}/count"
+
+    def total(self, source: str) -> str:  # retained integer: all objects passing the source's filters
+        return f"{self.base}/{source}/count"
+
+    def status(self, source: str) -> str:  # retained JSON: state, fps, inference_ms, frames ...
+        return f"{self.base}/{source}/status"
+
+    def snapshot(self, source: str) -> str:  # JPEG bytes of the latest frame with objects
+        return f"{self.base}/{source}/snapshot"
+
+    def subscription(self) -> str:
+        return f"{self.base}/#"

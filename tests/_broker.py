@@ -1,0 +1,150 @@
+"""A real Mosquitto broker for tests: started on a free 127.0.0.1 port with a generated config, stopped (or
+killed) and restarted on the same port with the same persistence directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def have_mosquitto() -> bool:
+    return os.path.exists(MOSQUITTO)
+
+
+class Broker:
+    def __init__(self, workdir: Path, port: int | None = None, users: dict[str, str] | None = None,
+                 persistence: bool = True):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / "mosquitto.log"
+        lines = [f"listener {self.port} 127.0.0.1", "log_dest stderr", "log_type error", "log_type warning",
+                 "log_type notice", "max_queued_messages 0", "max_inflight_messages 0"]
+        if users:
+            pw = self.dir / "passwd"
+            pw.write_text("")
+            for u, p in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(pw), u, p], check=True, capture_output=True)
+            os.chmod(pw, 0o600)
+            lines += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            lines.append("allow_anonymous true")
+        if persistence:
+            (self.dir / "data").mkdir(exist_ok=True)
+            # save after every change so a SIGKILLed broker keeps the subscriber sessions
+            lines += ["persistence true", f"persistence_location {self.dir / 'data'}/",
+                      "autosave_interval 1", "autosave_on_changes true"]
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10.0) -> Broker:
+        logf = open(self.log, "a")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=logf, stderr=logf)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Collector:
+    """A paho subscriber that records (topic, payload, retain) in arrival order.
+
+    ``clean_session=False`` with a fixed client id makes it a persistent QoS 1 session: the broker queues
+    messages for it while it is disconnected (and keeps them across a broker restart with persistence on)."""
+
+    def __init__(self, port: int, topics: list[str], client_id: str | None = None, persistent: bool = False,
+                 username: str | None = None, password: str | None = None, qos: int = 1):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.topics = topics
+        self.qos = qos
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"col-{time.time_ns()}",
+                                  clean_session=not persistent)
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.port = port
+
+    def _on_connect(self, client, userdata, flags, rc, props):
+        if not rc.is_failure:
+            for t in self.topics:
+                client.subscribe(t, qos=self.qos)
+            self.connected.set()
+
+    def _on_message(self, client, userdata, msg):
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def start(self, wait: bool = True) -> Collector:
+        self.client.connect_async("127.0.0.1", self.port, keepalive=5)
+        self.client.loop_start()
+        if wait and not self.connected.wait(10):
+            raise RuntimeError("collector could not connect")
+        time.sleep(0.2)  # SUBACK
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def on(self, suffix: str) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def json(self, suffix: str) -> list[dict]:
+        return [json.loads(p) for p in self.on(suffix)]
+
+    def wait_for(self, pred, timeout: float = 20.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            time.sleep(0.05)
+        return pred()
