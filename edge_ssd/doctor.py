@@ -55,6 +55,7 @@ THROTTLE_BITS = {
 }
 TEMP_WARN_C = 70.0  # a Pi 4/5 starts soft-throttling at 80 C (60 C on a Pi 3B+ soft limit)
 TEMP_HOT_C = 80.0
+POWER_FIX = "under-voltage: use the official 5 V power supply (5 A on a Pi 5, 3 A on a Pi 4) and a short cable"
 SPOOL_WARN_MB = 200
 SPOOL_FAIL_MB = 20
 
@@ -499,12 +500,11 @@ def check_thermal(root: str | Path = "/", vcgencmd: str | None = None) -> list[C
         out.append(Check("throttle", WARN, f"0x{value:x}: now {', '.join(now)}"
                          + (f"; since boot: {', '.join(f for f in flags if f not in now)}" if len(flags) > len(now)
                             else ""),
-                         "use the official 5 V PSU (5 A on a Pi 5, 3 A on a Pi 4) and a short cable" if power
-                         else "improve cooling (heatsink and fan)", data=data))
+                         POWER_FIX if power else "improve cooling (heatsink and fan)", data=data))
     else:
         power = value & (1 << 16)
         out.append(Check("throttle", WARN, f"0x{value:x}: since boot: {', '.join(flags)}",
-                         "use the official power supply (under-voltage)" if power
+                         POWER_FIX if power
                          else "improve cooling (heatsink and fan)", data=data))
     return out
 
@@ -549,7 +549,11 @@ def run_checks(config: str | Path | None = None, bundle: str | Path | None = Non
             loaded = load_config(cfg_path)
             checks.append(Check("config", OK, f"{cfg_path}: valid (device {loaded.config.device})"))
         except UserError as e:
-            checks.append(Check("config", FAIL, str(e), "fix the config (edge-ssd config check shows every problem)"))
+            problems = list(getattr(e, "problems", None) or [str(e)])
+            more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+            checks.append(Check("config", FAIL, "; ".join(problems[:3]) + more,
+                                "fix the config (edge-ssd config check shows every problem)",
+                                data={"problems": problems}))
     else:
         checks.append(Check("config", SKIP, f"no config at {cfg_path} (pass --config FILE)"))
     cfg = loaded.config if loaded else None
@@ -595,9 +599,8 @@ def run_checks(config: str | Path | None = None, bundle: str | Path | None = Non
         checks.append(Check("mqtt", SKIP, "no mqtt section configured (detections go to stdout/file only)"))
 
     if spool_dir is None:
-        spool_dir = cfg.spool.resolved_dir() if cfg else Path("/var/lib/edge-ssd/spool")
-        if str(root) != "/" and Path(spool_dir).is_absolute():
-            spool_dir = _rooted(root, str(spool_dir))
+        # a configured path is taken as written; the default lives under root (the fake tree in tests)
+        spool_dir = cfg.spool.resolved_dir() if cfg else _rooted(root, "var/lib/edge-ssd/spool")
     checks.append(check_space(spool_dir))
     checks.extend(check_thermal(root))
     return Report(checks)
