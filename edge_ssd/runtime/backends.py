@@ -18,6 +18,7 @@ Pi OS images), ``tensorflow.lite`` (a full TensorFlow). The Edge TPU is used thr
 
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import importlib
 import logging
@@ -163,6 +164,10 @@ class TFLiteBackend(Backend):
             if load_delegate is None:  # tensorflow.lite
                 load_delegate = mod.experimental.load_delegate
             opts = {"device": edgetpu_device} if edgetpu_device else None
+            try:
+                ctypes.CDLL(EDGETPU_LIB)  # fail here, cleanly, when the library itself is missing
+            except OSError as e:
+                raise UserError(f"cannot load the Edge TPU delegate {EDGETPU_LIB} ({e}); {EDGETPU_HINT}") from None
             try:
                 delegates.append(load_delegate(EDGETPU_LIB, opts) if opts else load_delegate(EDGETPU_LIB))
             except (ValueError, OSError, RuntimeError) as e:
