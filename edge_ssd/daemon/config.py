@@ -43,7 +43,7 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     bundle: str = Field(description="bundle directory (manifest.json + model.tflite) or an .onnx/.tflite file")
     threads: int = Field(default=2, ge=1, le=64)
-    backend: Literal["auto", "litert", "tflite_runtime", "edgetpu", "onnx"] = "auto"
+    backend: Literal["auto", "litert", "tflite_runtime", "tensorflow", "edgetpu", "onnxruntime"] = "auto"
 
 
 class LabelFilter(_Strict):
@@ -117,6 +117,7 @@ class SpoolConfig(_Strict):
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=4096)
     max_age: float = Field(default=7 * 24 * 3600.0, gt=0, description="seconds")
     fsync: Literal["always", "normal"] = "normal"
+    reserve_bytes: int = Field(default=1 << 20, ge=0, description="ballast released when the disk fills up")
 
     def resolved_dir(self) -> Path:
         if self.dir:

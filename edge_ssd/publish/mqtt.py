@@ -320,3 +320,63 @@ class MqttPublisher:
 
 def json_bytes(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class MqttSink:
+    """Pipeline sink: detections (durable), per-label and total counts (state, on change), snapshots (live)."""
+
+    def __init__(self, publisher: MqttPublisher, device: str, *, count_labels: dict[str, list[str]] | None = None,
+                 retain_counts: bool = True, retain_detections: bool = False,
+                 snapshots: set[str] | None = None, snapshot_interval: float = 1.0):
+        from ..runtime.stats import RateMeter
+
+        self.pub = publisher
+        self.topics = publisher.topics
+        self.device = device
+        self.retain_counts = retain_counts
+        self.retain_detections = retain_detections
+        self.snapshots = set(snapshots or ())
+        self.wants_image = bool(self.snapshots)
+        self.snapshot_interval = snapshot_interval
+        self._last_snap: dict[str, float] = {}
+        self._labels: dict[str, set[str]] = {k: set(v) for k, v in (count_labels or {}).items()}
+        self.rates: dict[str, RateMeter] = {}
+        self._meter = RateMeter
+        self.frames: dict[str, int] = {}
+        self.last_inference_ms: dict[str, float] = {}
+        for src, labels in self._labels.items():  # counts start at 0 (retained), so HA shows a value at once
+            self.pub.set_state(self.topics.total(src), b"0", retain=retain_counts)
+            for lab in labels:
+                self.pub.set_state(self.topics.count(src, lab), b"0", retain=retain_counts)
+
+    def handle(self, r) -> None:
+        from .stdout import detection_message
+
+        msg = detection_message(r, self.device)
+        self.pub.publish_durable(self.topics.detections(r.source), json_bytes(msg), retain=self.retain_detections)
+        counts: dict[str, int] = {}
+        for o in msg["objects"]:
+            counts[o["label"]] = counts.get(o["label"], 0) + 1
+        tracked = self._labels.setdefault(r.source, set())
+        tracked.update(counts)
+        for lab in tracked:
+            self.pub.set_state(self.topics.count(r.source, lab), str(counts.get(lab, 0)), retain=self.retain_counts)
+        self.pub.set_state(self.topics.total(r.source), str(len(msg["objects"])), retain=self.retain_counts)
+        self.rates.setdefault(r.source, self._meter()).tick()
+        self.frames[r.source] = self.frames.get(r.source, 0) + 1
+        self.last_inference_ms[r.source] = float(r.inference_ms)
+        if r.source in self.snapshots and msg["objects"] and r.image is not None:
+            now = time.monotonic()
+            if now - self._last_snap.get(r.source, -1e9) >= self.snapshot_interval:
+                import cv2
+
+                ok, jpg = cv2.imencode(".jpg", r.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+                if ok and self.pub.publish_live(self.topics.snapshot(r.source), jpg.tobytes(), qos=0, retain=True):
+                    self._last_snap[r.source] = now
+
+    def fps(self, source: str) -> float:
+        m = self.rates.get(source)
+        return round(m.rate(), 2) if m else 0.0
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,76 @@
+"""Health: the systemd watchdog policy and the stats / status messages."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import __version__
+from ..publish.topics import SCHEMA
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (from /proc; no psutil on the device)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Watchdog:
+    """Decides when to send ``WATCHDOG=1``: every ``interval/4`` seconds, but only while the pipeline proves
+    progress (its ``last_progress`` heartbeat, the oldest of its stage threads' beats, is younger than half the
+    watchdog interval). A stuck interpreter, sink or capture stage stops the pings and systemd restarts us."""
+
+    def __init__(self, interval: float | None):
+        self.interval = interval
+        self.last_ping = 0.0
+        self.pings = 0
+        self.withheld = 0
+
+    def due(self, last_progress: float, now: float | None = None) -> bool:
+        if not self.interval:
+            return False
+        now = time.monotonic() if now is None else now
+        if now - self.last_ping < self.interval / 4:
+            return False
+        if now - last_progress > self.interval / 2:
+            self.withheld += 1
+            return False
+        self.last_ping = now
+        self.pings += 1
+        return True
+
+
+def source_status(name: str, pstats: dict, fps: float, inference_ms: float | None) -> dict:
+    s = pstats.get("sources", {}).get(name, {})
+    return {"schema": SCHEMA, "state": s.get("status", "unknown"), "fps": fps,
+            "inference_ms": None if inference_ms is None else round(inference_ms, 2),
+            "frames": s.get("processed", 0), "errors": s.get("errors", 0), "reconnects": s.get("reconnects", 0),
+            "error": s.get("error")}
+
+
+def stats_message(device: str, pstats: dict, spool: dict | None, mqtt: dict | None, started: float,
+                  source_fps: dict[str, float]) -> dict:
+    inf = pstats.get("inference_ms", {})
+    return {
+        "schema": SCHEMA,
+        "device": device,
+        "ts": round(time.time(), 3),
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - started, 1),
+        "model": pstats.get("model"),
+        "backend": pstats.get("backend"),
+        "fps": pstats.get("fps"),
+        "processed": pstats.get("processed"),
+        "dropped": pstats.get("dropped", {}),
+        "inference_ms": inf.get("mean"),
+        "inference_ms_p95": inf.get("p95"),
+        "latency_ms": pstats.get("latency_ms", {}).get("mean"),
+        "sources": {n: {"status": s.get("status"), "fps": source_fps.get(n, 0.0), "processed": s.get("processed")}
+                    for n, s in pstats.get("sources", {}).items()},
+        "spool": spool or {},
+        "mqtt": mqtt or {},
+        "rss_mb": round(rss_bytes() / 2**20, 1),
+    }

@@ -1,0 +1,260 @@
+"""``edge-ssd run``: the daemon. Config -> detector -> Pipeline(sources, sinks) -> MQTT / stdout / file.
+
+systemd integration (``Type=notify``):
+  - ``READY=1`` once the model is loaded AND the first frame went through the sinks (after ``READY_TIMEOUT``
+    seconds without any frame it becomes ready anyway, with a STATUS saying so, so that a camera that is
+    down does not turn into a restart loop: the capture layer keeps reconnecting);
+  - ``WATCHDOG=1`` every WatchdogSec/4 while the pipeline's heartbeat advances (see :class:`Watchdog`);
+  - ``STATUS=`` with FPS, frames, MQTT state and spool backlog every few seconds;
+  - SIGTERM/SIGINT: stop reading, drain the pipeline, send the spool (up to ``flush_timeout``), publish
+    ``offline``, exit 0. What cannot be sent stays in the spool for the next start;
+  - SIGHUP: re-read and validate the config; a bad config is logged (``file:line: key: problem``) and the
+    daemon keeps running with the old one; a good one restarts the pipeline and the publisher in-process
+    (the detector is reused when the ``model`` section did not change).
+When every source is finite (files, folders) and has ended, the daemon flushes and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from ..publish.topics import Topics
+from .config import Config, ConfigError, LoadedConfig, load_config
+from .health import Watchdog, source_status, stats_message
+from .sdnotify import Notifier, watchdog_interval
+
+log = logging.getLogger("edge_ssd.daemon")
+
+READY_TIMEOUT = 60.0
+STATUS_INTERVAL = 5.0
+TICK = 0.1
+
+
+def _json(obj) -> bytes:
+    from ..publish.mqtt import json_bytes
+
+    return json_bytes(obj)
+
+
+class Daemon:
+    def __init__(self, config_path: str | Path, notifier: Notifier | None = None):
+        self.config_path = Path(config_path)
+        self.notifier = notifier or Notifier()
+        self.watchdog = Watchdog(watchdog_interval())
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.loaded: LoadedConfig | None = None
+        self.detector = None
+        self.pipeline = None
+        self.spool = None
+        self.publisher = None
+        self.mqtt_sink = None
+        self.ready = False
+        self.started = time.monotonic()
+
+    # -- components -----------------------------------------------------------------------------------------
+    def _pipeline_sources(self, cfg: Config, labels: list[str]):
+        from ..runtime import SourceConfig
+
+        bg = {"BACKGROUND", "__BACKGROUND__"}
+        out = []
+        for s in cfg.sources:
+            include = s.labels.include
+            if include is None and s.labels.exclude:
+                include = [x for x in labels if x.upper() not in bg]
+            keep = None if include is None else [x for x in include if x not in s.labels.exclude]
+            opts = {}
+            if s.max_frame_age:
+                opts["max_frame_age"] = s.max_frame_age
+            if s.loop:
+                opts["loop"] = True
+            out.append(SourceConfig(s.url, name=s.name, score_threshold=s.score_threshold, labels=keep,
+                                    max_fps=s.max_fps, options=opts))
+        return out
+
+    def _start(self, loaded: LoadedConfig, reuse_detector: bool = False) -> None:
+        from ..capture import source_kind
+        from ..publish.filesink import FileSink
+        from ..publish.stdout import StdoutSink
+        from ..runtime import Pipeline, load_detector
+
+        cfg = loaded.config
+        logging.getLogger().setLevel(cfg.log_level.upper())
+        if not (reuse_detector and self.detector is not None):
+            self.notifier.status(f"loading model {cfg.model.bundle}")
+            self.detector = load_detector(cfg.model.bundle, backend=cfg.model.backend, threads=cfg.model.threads)
+        det = self.detector
+        sinks = []
+        if cfg.sinks.file:
+            f = cfg.sinks.file
+            sinks.append(FileSink(f.path, cfg.device, max_bytes=f.max_bytes, backups=f.backups))
+        if cfg.stdout_enabled:
+            sinks.append(StdoutSink(cfg.device))
+        if cfg.mqtt:
+            sinks.append(self._start_mqtt(loaded, det))
+        process_all = all(source_kind(s.url) in ("file", "images") and not s.loop for s in cfg.sources)
+        self.pipeline = Pipeline(det, self._pipeline_sources(cfg, det.labels), sinks, process_all=process_all)
+        self.pipeline.start()
+        self.loaded = loaded
+
+    def _start_mqtt(self, loaded: LoadedConfig, det):
+        from ..publish.homeassistant import discovery_messages, labels_for_source
+        from ..publish.mqtt import MqttPublisher, MqttSink
+        from ..publish.spool import Spool
+
+        cfg = loaded.config
+        m = cfg.mqtt
+        topics = Topics(m.topic_prefix, cfg.device)
+        sp = cfg.spool
+        self.spool = Spool(sp.resolved_dir(), max_bytes=sp.max_bytes, max_age=sp.max_age, fsync=sp.fsync,
+                           reserve_bytes=sp.reserve_bytes)
+        ha = cfg.homeassistant
+        self.publisher = MqttPublisher(
+            m.host, m.port, topics=topics, spool=self.spool, client_id=cfg.client_id(), username=m.username,
+            password=loaded.password, tls=m.tls, keepalive=m.keepalive, qos=m.qos, min_delay=m.reconnect_min_delay,
+            max_delay=m.reconnect_max_delay, inflight=m.inflight,
+            discovery_prefix=ha.discovery_prefix if ha.enabled else None)
+        count_labels = {s.name: labels_for_source(cfg, i, det.labels) if (ha.enabled or s.labels.include) else []
+                        for i, s in enumerate(cfg.sources)}
+        if ha.enabled:
+            self.publisher.set_discovery(discovery_messages(cfg, topics, det.labels, det.name))
+        for s in cfg.sources:
+            self.publisher.set_state(topics.status(s.name), _json({"schema": 1, "state": "starting"}),
+                                     retain=m.retain.status)
+        self.mqtt_sink = MqttSink(self.publisher, cfg.device, count_labels=count_labels,
+                                  retain_counts=m.retain.counts, retain_detections=m.retain.detections,
+                                  snapshots={s.name for s in cfg.sources if s.snapshot})
+        self.publisher.start()
+        return self.mqtt_sink
+
+    def _stop_components(self, flush_timeout: float) -> bool:
+        drained = True
+        if self.pipeline is not None:
+            self.pipeline.stop(drain=True)
+            self._publish_status()
+        if self.publisher is not None:
+            drained = self.publisher.stop(flush_timeout)
+            if not drained:
+                log.warning("stopping with %d messages still in the spool (%s); they are sent after the next start",
+                            len(self.spool), self.spool.dir)
+        if self.spool is not None:
+            self.spool.close()
+        self.pipeline = self.publisher = self.spool = self.mqtt_sink = None
+        return drained
+
+    # -- periodic work --------------------------------------------------------------------------------------
+    def _source_fps(self) -> dict[str, float]:
+        if self.mqtt_sink is None:
+            return {}
+        return {n: self.mqtt_sink.fps(n) for n in self.mqtt_sink.rates}
+
+    def _publish_status(self) -> None:
+        if self.publisher is None or self.pipeline is None:
+            return
+        cfg = self.loaded.config
+        ps = self.pipeline.stats()
+        for s in cfg.sources:
+            st = source_status(s.name, ps, self.mqtt_sink.fps(s.name), self.mqtt_sink.last_inference_ms.get(s.name))
+            if st["state"] == "ok":
+                st["state"] = "streaming"
+            self.publisher.set_state(self.publisher.topics.status(s.name), _json(st), retain=cfg.mqtt.retain.status)
+
+    def _publish_stats(self) -> dict:
+        ps = self.pipeline.stats()
+        msg = stats_message(self.loaded.config.device, ps, self.spool.stats() if self.spool else None,
+                            self.publisher.stats() if self.publisher else None, self.started, self._source_fps())
+        if self.publisher is not None:
+            retain = self.loaded.config.mqtt.retain.stats
+            self.publisher.set_state(self.publisher.topics.stats, _json(msg), retain=retain)
+            self._publish_status()
+        else:
+            log.info("stats: %s fps, %s frames, dropped %s", msg["fps"], msg["processed"], msg["dropped"])
+        return msg
+
+    def _status_line(self) -> str:
+        ps = self.pipeline.stats()
+        parts = [f"{ps['fps']:.1f} fps", f"{ps['processed']} frames"]
+        if self.publisher is not None:
+            parts.append("mqtt connected" if self.publisher.connected else "mqtt DISCONNECTED")
+            parts.append(f"spool {len(self.spool)}")
+        bad = [n for n, s in ps["sources"].items() if s.get("status") not in ("ok", "ended")]
+        if bad:
+            parts.append("waiting for " + ", ".join(bad))
+        return ", ".join(parts)
+
+    def _do_reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("reload: new config is invalid, keeping the running one: %s", "; ".join(e.problems))
+            self.notifier.notify("READY=1", "STATUS=reload failed: " + e.problems[0])
+            return
+        log.info("reload: applying %s", self.config_path)
+        same_model = self.loaded is not None and new.config.model == self.loaded.config.model
+        self._stop_components(self.loaded.config.flush_timeout if self.loaded else 5.0)
+        try:
+            self._start(new, reuse_detector=same_model)
+        except UserError as e:
+            log.error("reload: %s; keeping the previous config", e)
+            self._start(self.loaded, reuse_detector=same_model)
+        self.notifier.notify("READY=1", f"STATUS=reloaded: {self._status_line()}")
+
+    # -- main ---------------------------------------------------------------------------------------------
+    def _signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *a: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *a: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *a: self._reload.set())
+
+    def run(self) -> int:
+        loaded = load_config(self.config_path)
+        self._signals()
+        log.info("edge-ssd daemon starting: device %s, %d source(s)%s", loaded.config.device,
+                 len(loaded.config.sources),
+                 f", mqtt {loaded.config.mqtt.host}:{loaded.config.mqtt.port}" if loaded.config.mqtt else "")
+        self._start(loaded)
+        cfg = loaded.config
+        next_stats = time.monotonic() + min(cfg.stats_interval, 5.0)
+        next_status = time.monotonic()
+        t_start = time.monotonic()
+        exit_reason = "signal"
+        while not self._stop.wait(TICK):
+            now = time.monotonic()
+            cfg = self.loaded.config
+            if self._reload.is_set():
+                self._reload.clear()
+                self._do_reload()
+                continue
+            p = self.pipeline
+            if not self.ready and (p.processed >= 1 or now - t_start > READY_TIMEOUT):
+                self.ready = True
+                why = "" if p.processed else f" (no frame within {READY_TIMEOUT:.0f} s)"
+                log.info("ready: model loaded, %d frame(s) processed%s", p.processed, why)
+                self.notifier.ready(f"running{why}: {self._status_line()}")
+            if self.watchdog.due(p.last_progress, now):
+                self.notifier.watchdog()
+            if now >= next_status:
+                next_status = now + STATUS_INTERVAL
+                self.notifier.status(self._status_line())
+            if now >= next_stats:
+                next_stats = now + cfg.stats_interval
+                self._publish_stats()
+            if p.wait(0):
+                exit_reason = "all sources ended"
+                break
+        log.info("stopping (%s)", exit_reason)
+        self.notifier.stopping()
+        self.notifier.status(f"stopping ({exit_reason}), flushing")
+        if self.pipeline is not None:
+            self.pipeline.stop(drain=True)
+            if self.publisher is not None:
+                self._publish_stats()
+        drained = self._stop_components(self.loaded.config.flush_timeout)
+        log.info("stopped%s", "" if drained else " (spool not empty)")
+        self.notifier.close()
+        return 0
