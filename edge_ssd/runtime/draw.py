@@ -31,7 +31,7 @@ def draw_detections(image: np.ndarray, detections: Detections, labels: list[str]
         cid = int(detections.class_ids[i])
         color = class_color(cid)
         x1, y1, x2, y2 = (int(round(v)) for v in px[i])
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, t, cv2.LINE_AA)
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, t, cv2.LINE_8)  # axis-aligned: no AA blur
         name = labels[cid] if labels and 0 <= cid < len(labels) else str(cid)
         text = f"{name} {float(detections.scores[i]):.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
