@@ -36,6 +36,8 @@ class Broker:
         self.log = self.dir / "mosquitto.log"
         lines = [f"listener {self.port} 127.0.0.1", "log_dest stderr", "log_type error", "log_type warning",
                  "log_type notice", "max_queued_messages 0", "max_inflight_messages 0"]
+        if os.geteuid() == 0:  # stay root: the default drop to "mosquitto" cannot read files under pytest's tmp
+            lines.append("user root")
         if users:
             pw = self.dir / "passwd"
             pw.write_text("")
@@ -47,9 +49,9 @@ class Broker:
             lines.append("allow_anonymous true")
         if persistence:
             (self.dir / "data").mkdir(exist_ok=True)
-            # save after every change so a SIGKILLed broker keeps the subscriber sessions
+            # save every second so a SIGKILLed broker keeps the subscriber sessions
             lines += ["persistence true", f"persistence_location {self.dir / 'data'}/",
-                      "autosave_interval 1", "autosave_on_changes true"]
+                      "autosave_interval 1", "autosave_on_changes false"]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -148,3 +150,111 @@ class Collector:
                 return True
             time.sleep(0.05)
         return pred()
+
+
+# -- daemon helpers ------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FACE_MODEL = SHARED / "models" / "ultralight-face" / "version-slim-320.onnx"
+
+
+def make_face_video(path: Path, frames: int = 40, size=(320, 240)) -> Path:
+    """A short MJPG video made of the shared face photos (each held 5 frames, shifted a little per frame)."""
+    import cv2
+    import numpy as np
+
+    imgs = [cv2.resize(cv2.imread(str(p)), size) for p in sorted((SHARED / "data" / "faces").glob("*.jpg"))]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    for i in range(frames):
+        vw.write(np.roll(imgs[(i // 5) % len(imgs)], (i % 5) * 6, axis=1))
+    vw.release()
+    return path
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET; records every message."""
+
+    def __init__(self, path: Path | None = None, abstract: str | None = None):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            self.sock.bind("\0" + abstract)
+            self.address = "@" + abstract
+        else:
+            self.sock.bind(str(path))
+            self.address = str(path)
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except (TimeoutError, OSError):
+                continue
+            self.messages.append(data.decode())
+
+    def lines(self) -> list[str]:
+        return [line for m in list(self.messages) for line in m.split("\n")]
+
+    def has(self, prefix: str) -> bool:
+        return any(line.startswith(prefix) for line in self.lines())
+
+    def close(self):
+        self._stop.set()
+        self._t.join(1)
+        self.sock.close()
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def start_daemon(config: Path, notify: NotifySocket | None = None, watchdog_usec: int | None = None,
+                 env: dict | None = None) -> subprocess.Popen:
+    e = dict(os.environ)
+    e.pop("NOTIFY_SOCKET", None)
+    e.pop("WATCHDOG_USEC", None)
+    if notify:
+        e["NOTIFY_SOCKET"] = notify.address
+    if watchdog_usec:
+        e["WATCHDOG_USEC"] = str(watchdog_usec)
+    e.update(env or {})
+    err = open(config.with_suffix(".stderr"), "w")
+    return subprocess.Popen([str(REPO / ".venv" / "bin" / "edge-ssd"), "run", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=err, env=e)
+
+
+def stderr_of(config: Path) -> str:
+    return config.with_suffix(".stderr").read_text()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def first_occurrences(msgs: list[dict]) -> tuple[list[tuple], int]:
+    """(source, frame) keys in arrival order without re-deliveries, and the number of re-deliveries."""
+    seen, out = set(), []
+    for m in msgs:
+        k = (m["source"], m["frame"])
+        if k not in seen:
+            seen.add(k)
+            out.append(k)
+    return out, len(msgs) - len(out)
+
+
+def stop_daemon(p: subprocess.Popen, timeout: float = 30.0) -> int:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        raise

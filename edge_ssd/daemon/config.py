@@ -199,7 +199,8 @@ class LoadedConfig:
                  f"{c.model.threads} threads)"]
         for s in c.sources:
             lab = "all labels" if s.labels.include is None else ",".join(s.labels.include)
-            lines.append(f"  source {s.name}: {s.url} (score>={s.score_threshold}, {lab}"
+            url = re.sub(r"://[^@/]+@", "://***@", s.url)
+            lines.append(f"  source {s.name}: {url} (score>={s.score_threshold}, {lab}"
                          f"{', max ' + str(s.max_fps) + ' fps' if s.max_fps else ''})")
         if c.mqtt:
             m = c.mqtt

@@ -1,0 +1,117 @@
+"""``edge-ssd watch``: the reference subscriber. Shows detections live as a table per source (frame, fps,
+objects with label/score/box), or prints the raw messages as JSON lines (``--json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("watch", help="subscribe to a broker and show detections live")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--prefix", default="edge-ssd", help="topic prefix (mqtt.topic_prefix)")
+    p.add_argument("--device", default="+", help="device name (default: all devices)")
+    p.add_argument("--username")
+    p.add_argument("--password", help="or $EDGE_SSD_MQTT_PASSWORD")
+    p.add_argument("--once", type=int, metavar="N", help="exit after N detection messages")
+    p.add_argument("--json", action="store_true", help="print each message as a JSON line instead of a table")
+    p.add_argument("--timeout", type=float, default=None, help="exit (code 1) after this many seconds")
+    p.set_defaults(func=run)
+
+
+def render(state: dict, width: int = 100) -> str:
+    """The table: one block per (device, source) with its latest frame."""
+    lines = [f"{'device/source':<28} {'frame':>7} {'fps':>6} {'inf ms':>7}  objects"]
+    for key in sorted(state):
+        s = state[key]
+        m = s["msg"]
+        objs = m.get("objects", [])
+        lines.append(f"{key:<28} {m.get('frame', ''):>7} {s['fps']:>6.1f} {m.get('inference_ms', 0):>7.1f}  "
+                     f"{len(objs)}")
+        for o in objs[:10]:
+            box = ",".join(f"{v:.3f}" for v in o.get("box", []))
+            lines.append(f"{'':<30}{o.get('label', '?'):<14} {o.get('score', 0):.2f}  [{box}]")
+        if len(objs) > 10:
+            lines.append(f"{'':<30}... {len(objs) - 10} more")
+    return "\n".join(line[:width] for line in lines)
+
+
+def run(args) -> int:
+    import os
+
+    import paho.mqtt.client as mqtt
+
+    from ..errors import UserError
+
+    sub = f"{args.prefix}/{args.device}/#"
+    state: dict[str, dict] = {}
+    count = 0
+    done = threading.Event()
+    err: list[str] = []
+    lock = threading.Lock()
+    tty = sys.stdout.isatty() and not args.json
+
+    def on_connect(c, u, flags, rc, props):
+        if rc.is_failure:
+            err.append(f"broker {args.host}:{args.port} refused the connection: {rc}; check --username/--password")
+            done.set()
+            return
+        c.subscribe(sub, qos=1)
+
+    def on_message(c, u, msg):
+        nonlocal count
+        parts = msg.topic.split("/")
+        is_det = msg.topic.endswith("/detections")
+        if args.json:
+            try:
+                payload = json.loads(msg.payload)
+            except ValueError:
+                payload = {"bytes": len(msg.payload)}
+            if is_det or not args.once:
+                print(json.dumps({"topic": msg.topic, "retain": bool(msg.retain), "payload": payload}), flush=True)
+        if not is_det:
+            return
+        try:
+            m = json.loads(msg.payload)
+        except ValueError:
+            return
+        key = f"{parts[-3]}/{parts[-2]}" if len(parts) >= 3 else msg.topic
+        now = time.monotonic()
+        with lock:
+            s = state.setdefault(key, {"fps": 0.0, "t": now, "msg": m})
+            dt = now - s["t"]
+            if dt > 0:
+                s["fps"] = 0.8 * s["fps"] + 0.2 / dt if s["fps"] else 1.0 / dt
+            s["t"], s["msg"] = now, m
+            count += 1
+            if not args.json:
+                table = render(state)
+                print(("\x1b[H\x1b[2J" if tty else "") + table + ("" if tty else "\n"), flush=True)
+            if args.once and count >= args.once:
+                done.set()
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-ssd-watch-{os.getpid()}")
+    user = args.username
+    pw = args.password or os.environ.get("EDGE_SSD_MQTT_PASSWORD")
+    if user:
+        c.username_pw_set(user, pw)
+    c.on_connect = on_connect
+    c.on_message = on_message
+    try:
+        c.connect(args.host, args.port, keepalive=30)
+    except OSError as e:
+        raise UserError(f"cannot connect to {args.host}:{args.port}: {e}; is the broker up?") from None
+    c.loop_start()
+    try:
+        ok = done.wait(args.timeout)
+    except KeyboardInterrupt:
+        ok = True
+    c.disconnect()
+    c.loop_stop()
+    if err:
+        raise UserError(err[0])
+    return 0 if ok else 1
