@@ -151,3 +151,12 @@ class MJPEGServer:
             self._server.server_close()
             self._thread.join(5)
             self._server = None
+
+
+def make_face_int8_bundle(out_dir: Path) -> Path:
+    """An int8 bundle of the face model made by the project's converter (tail cut, host-side decode)."""
+    from edge_ssd.convert.api import convert_model
+
+    res = convert_model(FACE_ONNX, out_dir / "face_int8.bundle", calib=FACES, labels=FACE_LABELS, force=True,
+                        progress=False)
+    return Path(res.bundle_dir)

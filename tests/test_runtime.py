@@ -191,3 +191,35 @@ def test_threshold_override_and_split_stages(face_bundle, photos):
     hi = det.postprocess(raw, score_threshold=0.9)
     assert len(hi) < len(lo) and np.all(hi.scores > 0.9) and np.all(lo.scores > 0.3)
     assert np.all(np.diff(lo.scores) <= 0)
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory):
+    pytest.importorskip("edge_ssd.convert.api")
+    from _runtime_util import make_face_int8_bundle
+
+    return make_face_int8_bundle(tmp_path_factory.mktemp("face8"))
+
+
+def test_int8_bundle_quantised_io_and_agreement(int8_bundle, photos):
+    """A real int8 bundle (convert_model): int8 input via the LUT, int8 logits/offsets dequantised from the
+    tensors' own parameters, softmax + prior decoding on the host; agrees with the float ONNX model."""
+    from edge_ssd.model.box import iou_of
+
+    q = load_detector(int8_bundle, score_threshold=0.7)
+    assert q.input_dtype == np.int8 and q.backend.input.quantized
+    assert q.post.score_fn == "softmax" and q.post.box_encoding == "offsets" and q.post.priors.shape == (4420, 4)
+    info = q.backend.input
+    lut = input_lut(q.inp.norm, info.scale, info.zero_point, dtype=np.int8)
+    ref = load_detector(FACE_ONNX, score_threshold=0.7)
+    matched = total = 0
+    for img in photos:
+        x = q.preprocess(img)
+        np.testing.assert_array_equal(x[0], apply_lut(resize_rgb(img, 320, 240), lut))
+        raw = q.infer(x)
+        assert all(v.dtype == np.float32 for v in raw.values())
+        a, b = q.detect(img), ref.detect(img)
+        total += len(b)
+        if len(a) and len(b):
+            matched += int((iou_of(b.boxes[:, None, :], a.boxes[None, :, :]).max(axis=1) > 0.5).sum())
+    assert total > 0 and matched / total > 0.85
