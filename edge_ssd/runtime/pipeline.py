@@ -118,8 +118,9 @@ class Pipeline:
                 from ..capture.factory import open_source
 
                 opts = dict(cfg.options)
-                if process_all:
-                    opts.setdefault("latest", False)
+                # a live pipeline treats files like cameras (latest frame, paced at the file's FPS);
+                # process-all reads every frame in order, as fast as the detector goes
+                opts.setdefault("latest", not process_all)
                 src = open_source(src, name=cfg.name, **opts)
             elif process_all and not src._opened:
                 src.latest = False
