@@ -304,7 +304,10 @@ def run_bench(models: list[str], onnx: list[str] = (), labels: str | None = None
            "nms_3000x21_ms": bench_nms(frames=frames),
            "backends": list(avail.values())}
     if rss:
-        first = next((r for r in rows if r["backend"] != "onnxruntime"), rows[0] if rows else None)
+        # the device case: an int8 bundle on a TFLite runtime if one was given
+        tfl = [r for r in rows if r["backend"] != "onnxruntime"]
+        first = next((r for r in tfl if r["input_dtype"] in ("int8", "uint8")), tfl[0] if tfl else None) \
+            or (rows[0] if rows else None)
         if first:
             out["rss"] = {"model": first["path"], "backend": first["backend"],
                           **bench_rss(first["path"], first["backend"], min(frames, 100), image)}
