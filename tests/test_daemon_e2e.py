@@ -241,3 +241,46 @@ def test_config_check_cli_on_daemon_config(tmp_path, video):
     exe = str(REPO / ".venv" / "bin" / "edge-ssd")
     r = subprocess.run([exe, "config", "check", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0 and "device: testdev" in r.stdout
+
+
+def test_full_spool_disk_keeps_running_counts_drops(tmp_path, video):
+    """The spool lives on a 512 KiB tmpfs and the broker is down: the disk fills (real ENOSPC), the daemon logs
+    one line, counts the drops and keeps running; when the broker appears the stored messages are delivered in
+    order and the drop count is visible in the stats."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        b = Broker(tmp_path / "broker").start()
+        port = b.port
+        Collector(port, ["edge-ssd/testdev/#"], client_id="disk-sub", persistent=True).start().stop()
+        b.stop()
+        conf = daemon_config(tmp_path, video, port, max_fps=200)
+        conf["spool"] = {"dir": str(mnt / "spool"), "reserve_bytes": 96 * 1024}
+        cfg = write_config(tmp_path / "c.yaml", conf)
+        p = start_daemon(cfg)
+        try:
+            assert wait(lambda: "disk full" in stderr_of(cfg), 90), stderr_of(cfg)
+            n = len(read_jsonl(tmp_path / "produced.jsonl"))
+            assert wait(lambda: len(read_jsonl(tmp_path / "produced.jsonl")) > n + 20, 20)  # still detecting
+            assert p.poll() is None
+            b.start()
+            col = Collector(port, ["edge-ssd/testdev/#"], client_id="disk-sub", persistent=True).start()
+            assert wait(lambda: any(s["spool"].get("dropped_disk", 0) > 0 for s in col.json("/stats")), 30)
+        finally:
+            rc = stop_daemon(p)
+        assert rc == 0
+        time.sleep(1.0)
+        col.stop()
+        b.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+    err = stderr_of(cfg)
+    assert err.count("disk full") >= 1 and err.count("disk full") <= err.count("works again") + 1
+    produced = [(m["source"], m["frame"]) for m in read_jsonl(tmp_path / "produced.jsonl")]
+    keys, _ = first_occurrences(col.json("/detections"))
+    pos = {k: i for i, k in enumerate(produced)}
+    idx = [pos[k] for k in keys]
+    assert idx == sorted(idx) and 0 < len(keys) < len(produced)  # in order; the overflow was dropped

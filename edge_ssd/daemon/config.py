@@ -65,6 +65,7 @@ class SourceConfig(_Strict):
     max_frame_age: float | None = Field(default=None, gt=0, description="seconds; older frames are skipped")
     snapshot: bool = False
     loop: bool = False  # for file sources: start again at the end (soak tests, demos)
+    realtime: bool | None = None  # files: pace at the file's FPS (default: on for looping files)
 
 
 class TLSConfig(_Strict):

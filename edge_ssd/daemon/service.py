@@ -73,6 +73,8 @@ class Daemon:
                 opts["max_frame_age"] = s.max_frame_age
             if s.loop:
                 opts["loop"] = True
+            if s.realtime is not None:
+                opts["realtime"] = s.realtime
             out.append(SourceConfig(s.url, name=s.name, score_threshold=s.score_threshold, labels=keep,
                                     max_fps=s.max_fps, options=opts))
         return out
