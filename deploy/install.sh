@@ -273,9 +273,9 @@ chown_svc() {  # chown_svc OWNER PATH(target view): the live system only, and on
 source_id() {  # a stamp of what pip would install: path + content hash, or the spec itself
   local s=$1
   if [ -d "$s" ]; then
-    (cd "$s" && { find edge_ssd -type f \( -name '*.py' -o -name '*.json' -o -name '*.txt' \) 2>/dev/null;
-      ls pyproject.toml setup.cfg setup.py 2>/dev/null; } | LC_ALL=C sort | xargs -r sha256sum | sha256sum |
-      cut -c1-32 | sed "s#^#dir:$s:#")
+    (cd "$s" && { if [ -d edge_ssd ]; then find edge_ssd/ -type f \( -name '*.py' -o -name '*.json' \
+      -o -name '*.txt' \); fi; for f in pyproject.toml setup.cfg setup.py; do [ ! -f "$f" ] || echo "$f"; done; } |
+      LC_ALL=C sort | xargs -r sha256sum | sha256sum | cut -c1-32 | sed "s#^#dir:$s:#")
   elif [ -f "$s" ]; then
     printf 'file:%s:%s' "$s" "$(sha256sum -- "$s" | cut -c1-32)"
   else
@@ -289,9 +289,15 @@ ensure_venv() {
     ok "venv $VENV (--system-site-packages)"
   else
     if [ -e "$v/pyvenv.cfg" ]; then warn "$VENV exists without system site packages: recreating it"; fi
-    do_run "create venv $VENV (--system-site-packages, $("$PY" -V 2>&1))" "$PY" -m venv --clear --system-site-packages "$v"
+    # --skip-pip: no pip in the venv either (fast); a later run without it bootstraps pip with ensurepip
+    local nopip=(); if [ "$SKIP_PIP" = 1 ]; then nopip=(--without-pip); fi
+    do_run "create venv $VENV (--system-site-packages, $("$PY" -V 2>&1))" "$PY" -m venv --clear \
+      --system-site-packages "${nopip[@]}" "$v"
   fi
   if [ "$SKIP_PIP" = 1 ]; then ok "pip install skipped (--skip-pip)"; return; fi
+  if [ -x "$v/bin/python" ] && ! "$v/bin/python" -m pip --version >/dev/null 2>&1; then
+    do_run "bootstrap pip in $VENV" "$v/bin/python" -m ensurepip --default-pip
+  fi
   local src=${SOURCE:-$REPO} want have constraint=""
   if [ -d "$src" ]; then src=$(cd "$src" && pwd); fi
   want="$(source_id "$src") ${PIP_ARGS[*]:-}"
@@ -306,6 +312,16 @@ ensure_venv() {
   do_run "pip install $src into $VENV" "$v/bin/python" -m pip install --disable-pip-version-check -q \
     ${constraint:+--constraint "$constraint"} "${PIP_ARGS[@]}" "$src"
   if [ "$DRY_RUN" = 0 ]; then printf '%s' "$want" > "$v/$STAMP_NAME"; fi
+}
+
+# the units' Documentation=file:///opt/edge-ssd/docs/... points here
+install_docs() {
+  local f
+  [ -d "$REPO/docs" ] || return 0
+  for f in "$REPO"/docs/*.md; do
+    [ -f "$f" ] || continue
+    install_file "$f" "$PREFIX/docs/$(basename "$f")" 644
+  done
 }
 
 # -------------------------------------------------------------------------------------------------- systemd
@@ -394,6 +410,7 @@ uninstall() {
     die "$VENV is not a venv (no pyvenv.cfg): refusing to delete it; remove it yourself"
   fi
   remove_path "$VENV"
+  if [ -e "$(r "$PREFIX")/docs" ]; then remove_path "$PREFIX/docs"; fi
   if [ -e "$(r "$PREFIX")/constraints.txt" ]; then remove_path "$PREFIX/constraints.txt"; fi
   p=$(r "$PREFIX")
   if [ -d "$p" ] && [ -z "$(ls -A -- "$p")" ]; then do_run "remove empty $PREFIX" rmdir -- "$p"
@@ -441,7 +458,10 @@ ensure_dir "$PREFIX" 755
 before_pkg=$CHANGES
 ensure_venv
 PKG_CHANGED=0; [ "$CHANGES" = "$before_pkg" ] || PKG_CHANGED=1
-ensure_dir "$CONF_DIR" 755
+# /etc/edge-ssd: root:edge-ssd 0750 (the unit's ConfigurationDirectoryMode=0750 keeps the owner, so the
+# service user must get in through the group); config.yaml root:edge-ssd 0640 (it may hold the MQTT password)
+ensure_dir "$CONF_DIR" 750
+chown_svc "root:$SVC_USER" "$CONF_DIR"
 cfg=$(r "$CONF_DIR/config.yaml")
 if [ -e "$cfg" ]; then
   ok "$CONF_DIR/config.yaml exists: kept (never overwritten)"
@@ -453,6 +473,7 @@ chown_svc "root:$SVC_USER" "$CONF_DIR/config.yaml"
 ensure_dir "$STATE_DIR" 750
 chown_svc "$SVC_USER:$SVC_USER" "$STATE_DIR"
 if [ "$CORAL" = 1 ]; then write_coral_rules; fi
+install_docs
 install_units
 enable_service
 start_service
