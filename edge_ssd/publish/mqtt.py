@@ -214,8 +214,8 @@ class MqttPublisher:
             if rc != mqtt.MQTT_ERR_SUCCESS or self._refused is not None:
                 break
             if not self._session_ok:
-                if self._stop.is_set():
-                    break
+                if self._stop.is_set() and time.monotonic() > (self._flush_deadline or 0):
+                    break  # stopping and the CONNACK did not come within flush_timeout
                 if time.monotonic() - t0 > 15.0:
                     self._log_once("connack-timeout", f"mqtt: no CONNACK from {self.host}:{self.port} in 15 s")
                     break
