@@ -172,9 +172,16 @@ check_system() {
 }
 
 # ------------------------------------------------------------------------------------------------------ apt
-apt_has() {  # apt_has PKG: true when apt knows a candidate version for PKG
+APT_POLICY=""
+apt_has() {  # apt_has PKG: true when apt knows a candidate version for PKG (one apt-cache call for all)
   local cand
-  cand=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')
+  command -v apt-cache >/dev/null 2>&1 || return 1
+  if [ -z "$APT_POLICY" ]; then
+    APT_POLICY=$(apt-cache policy python3-picamera2 libgomp1 libedgetpu1-std 2>/dev/null || true)
+    APT_POLICY=${APT_POLICY:-none}
+  fi
+  case "$1" in python3-picamera2|libgomp1|libedgetpu1-std) ;; *) APT_POLICY+=$'\n'$(apt-cache policy "$1" 2>/dev/null) ;; esac
+  cand=$(printf '%s\n' "$APT_POLICY" | awk -v p="$1:" '$0 == p {f = 1; next} /^[^ ]/ {f = 0} f && /Candidate:/ {print $2; exit}')
   [ -n "$cand" ] && [ "$cand" != "(none)" ]
 }
 dpkg_has() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
