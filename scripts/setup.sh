@@ -13,6 +13,7 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)  # tests/test_install.py lints deploy/install.sh
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "apt-get install ${need_apt[*]}"
