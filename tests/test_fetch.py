@@ -202,7 +202,7 @@ def test_http_404_and_refused_connection(server, tmp_path):
 
 def test_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGE_SSD_CACHE", str(tmp_path / "env"))
-    assert cache_dir() == tmp_path / "env"
+    assert cache_dir() == tmp_path / "env" / "models"
     assert cache_dir(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("EDGE_SSD_CACHE")
     assert cache_dir() == Path.home() / ".cache" / "edge-ssd" / "models"
@@ -265,7 +265,7 @@ def test_cli_fetch_model(server, tmp_path, checkpoints):
            "--labels-url", server.url + "/labels.txt"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
-    weights = tmp_path / "cache" / "mb2-ssd-lite-voc" / "mb2.pth"
+    weights = tmp_path / "cache" / "models" / "mb2-ssd-lite-voc" / "mb2.pth"
     assert f"weights: {weights}" in r.stdout and "--arch mb2-ssd-lite" in r.stdout
     assert weights.read_bytes() == checkpoints["mb2-ssd-lite"]
     # network failure: one line, exit 2, no traceback

@@ -12,14 +12,14 @@ def register(subparsers) -> None:
         "fetch-model",
         help="download a pretrained pytorch-ssd model (weights + labels) into the cache, resumably",
         description=(
-            "Download qfgaohao/pytorch-ssd's published VOC models into $EDGE_SSD_CACHE (default "
+            "Download qfgaohao/pytorch-ssd's published VOC models into $EDGE_SSD_CACHE/models (default "
             "~/.cache/edge-ssd/models). Interrupted downloads resume (HTTP Range); sizes and, when given, "
             "sha256 are checked; the checkpoint is test-loaded into the network. Prints the paths and the "
             "matching 'edge-ssd export' command."
         ),
     )
     p.add_argument("name", choices=NAMES, help="model name")
-    p.add_argument("--cache", help="cache directory (default: $EDGE_SSD_CACHE or ~/.cache/edge-ssd/models)")
+    p.add_argument("--cache", help="cache directory (default: $EDGE_SSD_CACHE/models or ~/.cache/edge-ssd/models)")
     p.add_argument("--url", help="download the weights from this address instead (a mirror)")
     p.add_argument("--labels-url", help="download the labels from this address instead")
     p.add_argument("--sha256", help="expected sha256 of the weights file")

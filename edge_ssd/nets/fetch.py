@@ -56,12 +56,12 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def cache_dir(cache: str | os.PathLike | None = None) -> Path:
-    """``cache``, else ``$EDGE_SSD_CACHE``, else ``~/.cache/edge-ssd/models``."""
+    """``cache``, else ``$EDGE_SSD_CACHE/models``, else ``~/.cache/edge-ssd/models``."""
     if cache:
         return Path(cache).expanduser()
     env = os.environ.get("EDGE_SSD_CACHE")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser() / "models"
     return Path.home() / ".cache" / "edge-ssd" / "models"
 
 
