@@ -14,6 +14,7 @@ compared), so the Python loop runs once per *kept* box, not once per candidate.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,34 +120,134 @@ def iou_of(boxes0: np.ndarray, boxes1: np.ndarray, eps: float = EPS) -> np.ndarr
     return overlap / (a0 + a1 - overlap + eps)
 
 
+def _score_view(scores: np.ndarray, background: int | None) -> tuple[np.ndarray, int]:
+    """The columns that can hold candidates and the class id of its first column: a view (no copy) when the
+    background is the first or last column, else a copy with the background column at -inf."""
+    s = scores
+    c = s.shape[1]
+    if background is None or not 0 <= background < c:
+        return s, 0
+    if background == 0:
+        return s[:, 1:], 1
+    if background == c - 1:
+        return s[:, :-1], 0
+    s = s.copy()
+    s[:, background] = -np.inf
+    return s, 0
+
+
 def _candidates(scores: np.ndarray, boxes: np.ndarray, prob_threshold: float, candidate_size: int,
                 background: int | None):
-    """(rows, classes, scores) of candidates, sorted by score desc then prior index, per-class capped."""
-    s = scores
-    if background is not None and 0 <= background < s.shape[1]:
-        s = s.copy()
-        s[:, background] = -np.inf
+    """(rows, classes, scores) of candidates sorted by class, then score desc, then row asc; per-class capped
+    at ``candidate_size``. Candidates with a non-finite score or box are dropped."""
+    s, offset = _score_view(scores, background)
     with np.errstate(invalid="ignore"):
-        rows, cls = np.nonzero(s > prob_threshold)
+        mask = s > prob_threshold
+    cls, rows = np.nonzero(mask.T)  # class-major, rows ascending within a class
     if rows.size == 0:
         return rows, cls, np.zeros((0,), np.float32)
-    sc = s[rows, cls]
-    finite = np.isfinite(sc) & np.all(np.isfinite(boxes[rows]), axis=1)
+    if offset:
+        cls += offset
+    sc = scores[rows, cls]
+    finite = np.isfinite(sc) & np.isfinite(boxes[rows]).all(axis=1)
     if not finite.all():
         rows, cls, sc = rows[finite], cls[finite], sc[finite]
-    # order: class, then score desc, then row asc (np.nonzero gives row-major order, lexsort is stable)
-    order = np.lexsort((rows, -sc, cls))
-    rows, cls, sc = rows[order], cls[order], sc[order]
-    if candidate_size > 0 and rows.size:
-        # rank within class: position minus the start index of the class run
-        starts = np.r_[0, np.flatnonzero(np.diff(cls)) + 1]
-        run_len = np.diff(np.r_[starts, cls.size])
-        rank = np.arange(cls.size) - np.repeat(starts, run_len)
-        keep = rank < candidate_size
-        rows, cls, sc = rows[keep], cls[keep], sc[keep]
-    # global order for the greedy pass: score desc, then row asc, then class asc
-    order = np.lexsort((cls, rows, -sc))
+        if rows.size == 0:
+            return rows, cls, sc
+    if rows.size <= 2048 and (candidate_size <= 0 or rows.size <= candidate_size):
+        order = np.lexsort((-sc, cls))  # stable: ties keep row order
+        return rows[order], cls[order], sc[order]
+    # many candidates: per class, select the candidate_size best (ties: lower row first), then sort those
+    bounds = np.r_[0, np.flatnonzero(np.diff(cls)) + 1, cls.size].tolist()
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        neg = -sc[a:b]
+        if 0 < candidate_size < b - a:
+            kth = np.partition(neg, candidate_size - 1)[candidate_size - 1]
+            better = np.flatnonzero(neg < kth)
+            ties = np.flatnonzero(neg == kth)[: candidate_size - better.size]
+            sel = np.sort(np.concatenate([better, ties]))
+            parts.append(a + sel[np.argsort(neg[sel], kind="stable")])
+        else:
+            parts.append(a + np.argsort(neg, kind="stable"))
+    order = np.concatenate(parts)
     return rows[order], cls[order], sc[order]
+
+
+def _iou_matrix(b: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """``iou_of(b[:, None], b[None])`` for corner boxes (m, 4), bit for bit, without strided temporaries."""
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
+    area = np.clip(x2 - x1, 0.0, None) * np.clip(y2 - y1, 0.0, None)
+    iw = np.minimum.outer(x2, x2)
+    iw -= np.maximum.outer(x1, x1)
+    np.clip(iw, 0.0, None, out=iw)
+    ih = np.minimum.outer(y2, y2)
+    ih -= np.maximum.outer(y1, y1)
+    np.clip(ih, 0.0, None, out=ih)
+    inter = iw
+    inter *= ih
+    den = np.add.outer(area, area)
+    den -= inter
+    den += eps
+    inter /= den
+    return inter
+
+
+def _greedy_block(b: np.ndarray, iou_threshold: float, top_k: int) -> list[int]:
+    """Greedy hard NMS over boxes ``b`` (m, 4) already in priority order; returns kept positions."""
+    m = b.shape[0]
+    if m == 1:
+        return [0]
+    if m <= 2048:
+        # suppression rows as Python-int bitsets: the loop runs once per kept box, a few big-int operations each
+        packed = np.packbits(_iou_matrix(b) > iou_threshold, axis=1, bitorder="little")
+        alive = (1 << m) - 1
+        kept: list[int] = []
+        while alive:
+            i = (alive & -alive).bit_length() - 1  # first box nothing earlier has suppressed
+            kept.append(i)
+            if top_k > 0 and len(kept) >= top_k:
+                break
+            alive &= ~int.from_bytes(packed[i].tobytes(), "little")
+            alive &= ~(1 << i)
+        return kept
+    # very many candidates in one class (candidate_size <= 0): avoid the m x m matrix
+    alive_a = np.ones(m, dtype=bool)
+    kept = []
+    for i in range(m):
+        if not alive_a[i]:
+            continue
+        kept.append(i)
+        if top_k > 0 and len(kept) >= top_k:
+            break
+        rest = i + 1 + np.flatnonzero(alive_a[i + 1:])
+        if rest.size:
+            alive_a[rest[iou_of(b[rest], b[i][None, :]) > iou_threshold]] = False
+    return kept
+
+
+def _greedy_all(b: np.ndarray, bounds: list[int], iou_threshold: float, top_k: int) -> list[int]:
+    """Greedy hard NMS of a few candidates of several classes at once: one IoU matrix, masked to same-class
+    pairs (``bounds`` delimit the class blocks), and one bitset loop over the kept boxes."""
+    n = b.shape[0]
+    sup = _iou_matrix(b) > iou_threshold
+    block = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    sup &= block[:, None] == block[None, :]
+    packed = np.packbits(sup, axis=1, bitorder="little")
+    alive = (1 << n) - 1
+    kept: list[int] = []
+    counts = [0] * (len(bounds) - 1)
+    while alive:
+        i = (alive & -alive).bit_length() - 1
+        kept.append(i)
+        alive &= ~int.from_bytes(packed[i].tobytes(), "little")
+        alive &= ~(1 << i)
+        if top_k > 0:
+            k = int(block[i])
+            counts[k] += 1
+            if counts[k] >= top_k:
+                alive &= ~(((1 << bounds[k + 1]) - 1) ^ ((1 << bounds[k]) - 1))
+    return kept
 
 
 def hard_nms(scores: np.ndarray, boxes: np.ndarray, iou_threshold: float = IOU_THRESHOLD,
@@ -157,39 +258,20 @@ def hard_nms(scores: np.ndarray, boxes: np.ndarray, iou_threshold: float = IOU_T
     n = rows.size
     if n == 0:
         return Detections.empty()
-    b = boxes[rows].astype(np.float32)
-    same = cls[:, None] == cls[None, :]
-    if n <= 600:
-        iou = iou_of(b[:, None, :], b[None, :, :])
-        suppress_matrix = (iou > iou_threshold) & same
-        alive = np.ones(n, dtype=bool)
-        picked: list[int] = []
-        counts: dict[int, int] = {}
-        for i in range(n):
-            if not alive[i]:
-                continue
-            c = int(cls[i])
-            if top_k > 0 and counts.get(c, 0) >= top_k:
-                continue
-            picked.append(i)
-            counts[c] = counts.get(c, 0) + 1
-            alive &= ~suppress_matrix[i]
-    else:  # very many candidates: avoid the n x n matrix
-        alive = np.ones(n, dtype=bool)
-        picked, counts = [], {}
-        for i in range(n):
-            if not alive[i]:
-                continue
-            c = int(cls[i])
-            if top_k > 0 and counts.get(c, 0) >= top_k:
-                continue
-            picked.append(i)
-            counts[c] = counts.get(c, 0) + 1
-            rest = np.flatnonzero(alive & (cls == c))
-            if rest.size:
-                alive[rest[iou_of(b[rest], b[i][None, :]) > iou_threshold]] = False
+    b = boxes[rows].astype(np.float32, copy=False)
+    bounds = np.r_[0, np.flatnonzero(np.diff(cls)) + 1, n].tolist()
+    if n <= 256:
+        picked = _greedy_all(b, bounds, iou_threshold, top_k)
+    else:
+        # classes never suppress each other: one greedy pass per class block (candidates are grouped by class)
+        picked = []
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            picked.extend(start + k for k in _greedy_block(b[start:end], iou_threshold, top_k))
     p = np.asarray(picked, dtype=np.int64)
-    return Detections(b[p], sc[p].astype(np.float32), cls[p].astype(np.int64))
+    rows, cls, sc = rows[p], cls[p], sc[p]
+    order = np.lexsort((cls, rows, -sc))  # score desc, then row asc, then class asc
+    p = p[order]
+    return Detections(b[p], sc[order].astype(np.float32), cls[order].astype(np.int64))
 
 
 def soft_nms(scores: np.ndarray, boxes: np.ndarray, prob_threshold: float = 0.01, sigma: float = 0.5,
@@ -223,6 +305,42 @@ def soft_nms(scores: np.ndarray, boxes: np.ndarray, prob_threshold: float = 0.01
     return Detections(d.boxes[order], d.scores[order], d.class_ids[order])
 
 
+_PREFILTER_MARGIN = 0.05  # in logit units: far above float32 rounding, so the prefilter never drops a candidate
+
+
+def _rows_that_can_pass(logits: np.ndarray, score_fn: str, prob_threshold: float,
+                        background: int | None) -> np.ndarray | None:
+    """Rows (priors) whose score for some non-background class can exceed ``prob_threshold``, judged from the
+    logits alone, or None to keep all rows.
+
+    Softmax: ``p_c = e^l_c / sum_j e^l_j <= e^l_c / (e^l_c + e^l_bg) = sigmoid(l_c - l_bg)``, so a row can only
+    pass when some ``l_c > l_bg + logit(t)``. Sigmoid: some ``l_c > logit(t)``. The margin keeps the test
+    conservative under float32 rounding, so the result is identical to scoring every row; score and box work
+    is then done for those few rows only.
+    """
+    if not 0.0 < prob_threshold <= 0.99 or logits.ndim != 2 or logits.shape[0] == 0:
+        return None
+    c = logits.shape[1]
+    bg = background if background is not None and 0 <= background < c else None
+    limit = np.float32(math.log(prob_threshold / (1.0 - prob_threshold)) - _PREFILTER_MARGIN)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if score_fn == "softmax":
+            if bg is None or c < 2:
+                return None
+            lb = logits[:, bg]
+            if not float(np.abs(lb).max()) < 1e5:  # huge or NaN background logits: skip the shortcut
+                return None
+            mask = logits > (lb + limit)[:, None]
+        else:
+            mask = logits > limit
+        if bg is not None:
+            mask[:, bg] = False
+    r = np.flatnonzero(mask) // c  # row-major: ascending, with repeats
+    if r.size:
+        r = r[np.r_[True, r[1:] != r[:-1]]]
+    return r
+
+
 def postprocess(
     scores: np.ndarray,
     boxes: np.ndarray,
@@ -248,12 +366,19 @@ def postprocess(
         scores = scores[0]
     if boxes.ndim == 3:
         boxes = boxes[0]
-    if score_fn == "softmax":
-        scores = softmax(scores)
-    elif score_fn == "sigmoid":
-        scores = sigmoid(scores)
-    elif score_fn != "none":
+    if score_fn not in ("softmax", "sigmoid", "none"):
         raise ValueError(f"unknown score_fn {score_fn!r}: use softmax, sigmoid or none")
+    rows = None
+    if score_fn != "none":
+        logits = np.asarray(scores, dtype=np.float32)
+        rows = _rows_that_can_pass(logits, score_fn, prob_threshold, background)
+        if rows is not None:
+            logits = logits[rows]
+        scores = softmax(logits) if score_fn == "softmax" else sigmoid(logits)
+    if rows is not None:
+        boxes = boxes[rows]
+        if priors is not None:
+            priors = np.asarray(priors)[rows]
     if priors is not None:
         boxes = decode_boxes(boxes, priors, center_variance, size_variance)
     if nms == "hard":
