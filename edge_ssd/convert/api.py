@@ -96,9 +96,11 @@ def _prepare_out(out_dir: Path, force: bool) -> None:
 
 
 def _tflite_io(path: Path):
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    it = Interpreter(model_path=str(path))
+    # without the default XNNPACK delegate, so the op list names the model's own ops
+    it = Interpreter(model_path=str(path),
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     it.allocate_tensors()
     ops = sorted({d["op_name"] for d in it._get_ops_details()})
     return it.get_input_details(), it.get_output_details(), ops
@@ -168,7 +170,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
     from . import calibrate as cal
     from .cut import cut_model, save_cut, self_check
     from .inspect import load_and_inspect
-    from .onnx2tf_runner import onnx2tf_version, run_onnx2tf
+    from .onnx2tf_runner import find_onnx2tf, launcher, onnx2tf_version, run_onnx2tf
     from .report import write_reports
     from .validate import OnnxFp32, TfliteInt8, validate
 
@@ -198,14 +200,21 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         val_images = calib_images.subset(min(len(calib_images), 50))
         val_source = "calibration images (no --val given)"
         warnings.append("no --val given: validated on calibration images; pass a held-out set for an honest figure")
-        log.warning(warnings[-1])
     names = _resolve_labels(labels, info, val_images, calib_images)
     _prepare_out(out_dir, force)
 
     work_ctx = tempfile.TemporaryDirectory(prefix="edge-ssd-convert-")
     work = Path(work_ctx.name)
     try:
-        # 1. cut + self-check on real images
+        # 1. calibration data (first: unreadable images fail fast)
+        calib_data = cal.build_calibration(calib_images, w, h, norm, calib_count, force=force, progress=progress)
+        warnings += calib_data.warnings
+        npy = work / "calib.npy"
+        np.save(npy, calib_data.data)
+        del calib_data.data
+        if val is None:
+            log.warning(warnings[0])
+        # 2. cut + self-check on real images
         cut = cut_model(model, info)
         cut_path = save_cut(cut, work / f"{onnx_path.stem}_body.onnx")
         check_imgs = []
@@ -222,12 +231,6 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         if not chk.ok:
             raise UserError(f"cutting the tail changed the outputs (scores {chk.scores_max_abs:.2g}, boxes "
                             f"{chk.boxes_max_abs:.2g} max abs); this export's tail is unusual - please report it")
-        # 2. calibration data
-        calib_data = cal.build_calibration(calib_images, w, h, norm, calib_count, force=force, progress=progress)
-        warnings += calib_data.warnings
-        npy = work / "calib.npy"
-        np.save(npy, calib_data.data)
-        del calib_data.data
         onnx_mean, onnx_std = cal.onnx2tf_scaling(norm)
         # 3. onnx2tf: per-channel first when allowed, per-tensor as the fallback
         order = ["per-channel", "per-tensor"] if quant == "auto" else [quant]
@@ -268,8 +271,10 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         ok = f1 >= min_agreement
         edgetpu = _edgetpu(model_path, ops, out_dir) if target == "edgetpu" else None
         self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        converter = {"tool": "onnx2tf", "onnx2tf": onnx2tf_version(Path(res.command[0])),
-                     "backend": "flatbuffer_direct", "quant_type": qt, "flags": res.command[3:],
+        exe = find_onnx2tf()
+        converter = {"tool": "onnx2tf", "onnx2tf": onnx2tf_version(exe), "backend": "flatbuffer_direct",
+                     "launcher": Path(res.command[1]).name if len(launcher(exe)) > 1 else "onnx2tf",
+                     "quant_type": qt, "flags": res.command[len(launcher(exe)) + 2:],
                      "edge_ssd": _edge_ssd_version(), "python": platform.python_version(),
                      "calibration_images": calib_data.used, "tail": "host (float)"}
         converter["flags"] = [str(x).replace(str(work), "<work>") for x in converter["flags"]]

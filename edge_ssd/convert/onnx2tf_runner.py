@@ -34,6 +34,18 @@ def find_onnx2tf() -> Path:
                           "convert/.venv, or set EDGE_SSD_ONNX2TF to an onnx2tf executable")
 
 
+PATCHED = REPO / "convert" / "onnx2tf_patched.py"
+
+
+def launcher(exe: Path) -> list[str]:
+    """How to start onnx2tf: through ``convert/onnx2tf_patched.py`` (fixes per-channel depthwise bias, see
+    there) with the venv's python when both exist, else the plain executable."""
+    py = exe.parent / "python"
+    if PATCHED.is_file() and py.is_file() and not os.environ.get("EDGE_SSD_ONNX2TF_UNPATCHED"):
+        return [str(py), str(PATCHED)]
+    return [str(exe)]
+
+
 def onnx2tf_version(exe: Path) -> str:
     try:
         r = subprocess.run([str(exe), "-V"], capture_output=True, text=True, timeout=120)
@@ -71,7 +83,7 @@ def run_onnx2tf(onnx_path: Path, out_dir: Path, *, input_name: str, calib_npy: P
     exe = find_onnx2tf()
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or out_dir / "onnx2tf.log"
-    cmd = [str(exe), "-i", str(onnx_path), "-o", str(out_dir), "-oiqt", "-qt", quant_type,
+    cmd = [*launcher(exe), "-i", str(onnx_path), "-o", str(out_dir), "-oiqt", "-qt", quant_type,
            "-cind", input_name, str(calib_npy), json.dumps([[[mean]]]), json.dumps([[[std]]]),
            "-iqd", input_dtype, "-oqd", output_dtype, "-tb", backend, *(extra or [])]
     env = dict(os.environ)
