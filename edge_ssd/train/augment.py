@@ -204,5 +204,7 @@ class TrainAugmentation(Compose):
 class TestTransform(Compose):
     """Resize and normalise only (validation)."""
 
+    __test__ = False  # not a pytest class
+
     def __init__(self, size: int = IMAGE_SIZE, mean=IMAGE_MEAN, std: float = IMAGE_STD):
         super().__init__([Resize(size), Normalize(mean, std)])

@@ -178,6 +178,7 @@ class TrainConfig:
     mp_context: str | None = None  # None: torch's default; "spawn"/"fork"/"forkserver"
     validation_epochs: int = 5
     validation_map: bool = True
+    validation_map_limit: int | None = None  # evaluate mAP on the first N validation images only
     checkpoint_folder: str = "models"
     seed: int = 0
     threads: int | None = None
@@ -434,7 +435,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             if val_loader is not None and ((epoch + 1) % max(cfg.validation_epochs, 1) == 0 or last_epoch):
                 rec.update(_validate(net, val_loader, criterion))
                 if cfg.validation_map:
-                    rec.update(_validate_map(net, val_ds, labels))
+                    rec.update(_validate_map(net, val_ds, labels, cfg.validation_map_limit))
                 score = rec.get("map_voc07", -rec["val_loss"])
                 if not best or score > best["score"]:
                     new = ckpt_dir / f"{cfg.net}-Epoch-{epoch}-Loss-{rec['val_loss']:.4f}.pth"
@@ -487,14 +488,14 @@ def _validate(net, loader, criterion) -> dict:
     return {"val_loss": tot / n, "val_regression": reg_t / n, "val_classification": cls_t / n}
 
 
-def _validate_map(net, dataset, labels) -> dict:
+def _validate_map(net, dataset, labels, limit=None) -> dict:
     try:
         from ..eval import evaluate
     except ImportError:  # evaluation package not available: loss only
         return {}
     net.eval()
     try:
-        report = evaluate(predict_fn_for(net), dataset, model_labels=labels, progress=False)
+        report = evaluate(predict_fn_for(net), dataset, limit=limit, model_labels=labels, progress=False)
     finally:
         net.train()
     return {"map_voc07": float(report["map_voc07"]), "map_auc": float(report["map_auc"])}
