@@ -392,3 +392,29 @@ def test_face_model_smoke():
         assert set(d.class_ids.tolist()) <= {1}
         found += int((d.scores > 0.7).sum())
     assert found >= len(faces)  # every photo shows at least one face
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FACE.is_dir() or not (SHARED / "data" / "faces").is_dir(), reason="face model missing")
+def test_bundle_via_runtime_agrees_with_onnx(tmp_path):
+    """The runtime path (edge_ssd.runtime.load_detector on a float TFLite bundle) scored against the ONNX
+    model's own confident detections as ground truth: a faithful conversion scores mAP close to 1."""
+    from _runtime_util import make_face_bundle
+
+    from edge_ssd.data import ImageFolder
+
+    try:
+        bundle = make_face_bundle(tmp_path)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    onnx_pred = load_predictor(FACE / "version-slim-320.onnx")
+    tfl_pred = load_predictor(bundle)
+    assert tfl_pred.labels == ["BACKGROUND", "face"]
+    faces = ImageFolder(SHARED / "data" / "faces", class_names=["BACKGROUND", "face"])
+    for i, s in enumerate(faces):  # pseudo ground truth: the ONNX model's detections above 0.7
+        d = onnx_pred(faces.load_image(i))
+        keep = d.scores > 0.7
+        s.boxes, s.labels, s.difficult = d.boxes[keep], d.class_ids[keep], np.zeros(int(keep.sum()), bool)
+    assert faces.num_boxes >= len(faces)
+    r = evaluate(tfl_pred, faces, model_labels=tfl_pred.labels, progress=False)
+    assert r["map_auc"] > 0.95 and r["per_class"]["face"]["npos"] == faces.num_boxes

@@ -136,17 +136,6 @@ def load_predictor(path, labels=None, prob_threshold: float = EVAL_PROB_THRESHOL
     if load_detector is None:
         raise UserError(f"cannot evaluate {path}: only .onnx models are supported by this install "
                         "(edge_ssd.runtime.load_detector is unavailable)")
-    try:
-        det = load_detector(path, prob_threshold=prob_threshold)
-    except TypeError:  # a runtime that takes no threshold argument
-        det = load_detector(path)
-        for attr in ("prob_threshold", "threshold"):
-            if hasattr(det, attr):
-                try:
-                    setattr(det, attr, prob_threshold)
-                except AttributeError:
-                    pass
-    names = _labels_from(labels) or getattr(det, "labels", None)
-    if names is None and getattr(det, "manifest", None) is not None:
-        names = getattr(det.manifest, "labels", None)
+    det = load_detector(path, score_threshold=prob_threshold, labels=labels)
+    names = getattr(det, "labels", None) or _labels_from(labels)
     return Predictor(det.detect, list(names) if names else None, f"{type(det).__name__} {path.name}")
