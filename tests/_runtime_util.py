@@ -30,7 +30,11 @@ def make_face_bundle(out_dir: Path) -> Path:
     work = out_dir / "onnx2tf"
     if not ONNX2TF.exists():
         raise RuntimeError(f"{ONNX2TF} missing: run scripts/setup.sh")
-    subprocess.run([str(ONNX2TF), "-i", str(FACE_ONNX), "-o", str(work)], check=True,
+    # onnx2tf writes its onnxsim-simplified model back over its input: never point it at ../shared
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / FACE_ONNX.name
+    shutil.copyfile(FACE_ONNX, src)
+    subprocess.run([str(ONNX2TF), "-i", str(src), "-o", str(work)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
     bundle = out_dir / "face.bundle"
     bundle.mkdir(parents=True, exist_ok=True)

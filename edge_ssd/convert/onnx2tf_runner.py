@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import threading
 import time
@@ -83,6 +84,13 @@ def run_onnx2tf(onnx_path: Path, out_dir: Path, *, input_name: str, calib_npy: P
     exe = find_onnx2tf()
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or out_dir / "onnx2tf.log"
+    # onnx2tf writes its onnxsim-simplified model back over the input file: give it a private copy so the
+    # user's model is never modified
+    private = out_dir / "input" / Path(onnx_path).name
+    if Path(onnx_path).resolve() != private.resolve():
+        private.parent.mkdir(exist_ok=True)
+        shutil.copyfile(onnx_path, private)
+    onnx_path = private
     cmd = [*launcher(exe), "-i", str(onnx_path), "-o", str(out_dir), "-oiqt", "-qt", quant_type,
            "-cind", input_name, str(calib_npy), json.dumps([[[mean]]]), json.dumps([[[std]]]),
            "-iqd", input_dtype, "-oqd", output_dtype, "-tb", backend, *(extra or [])]
