@@ -35,6 +35,10 @@ def test_face_bundle_manifest(face_bundle):
     assert m.labels == ["BACKGROUND", "face"]
     assert m.converter["backend"] == "flatbuffer_direct" and m.converter["quant_type"] in ("per-channel", "per-tensor")
     assert len(m.source["sha256"]) == 64
+    # the source model is left untouched (onnx2tf rewrites its own input in place: it only ever sees a copy)
+    from edge_ssd.model.bundle import sha256_file
+
+    assert sha256_file(FACE) == m.source["sha256"]
     for f in ("report.json", "report.md", "report.png"):
         assert (face_bundle.bundle_dir / f).stat().st_size > 0
     assert list(face_bundle.bundle_dir.glob("onnx2tf-*.log"))
