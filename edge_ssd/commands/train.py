@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     _flag(p, "--resume", metavar="PTH", help="resume from last.pth (full state) or a weights-only checkpoint")
     _flag(p, "--lr", "--learning-rate", type=float, default=0.01, help="learning rate of the heads (default 0.01)")
     _flag(p, "--momentum", type=float, default=0.9)
+    _flag(p, "--optimizer", default="sgd", choices=["sgd", "adam"],
+          help="sgd with momentum (pytorch-ssd, default) or adam (AdamW; faster from scratch)")
+    _flag(p, "--max-expand", type=float, default=4.0, help="largest zoom-out of the expand augmentation (default 4)")
     _flag(p, "--weight-decay", type=float, default=5e-4)
     _flag(p, "--gamma", type=float, default=0.1, help="multi-step decay factor")
     _flag(p, "--base-net-lr", type=float, help="learning rate of the base net (default --lr)")
@@ -77,7 +80,8 @@ def run(args) -> int:
     cfg = TrainConfig(
         dataset_type=args.dataset_type, datasets=list(args.datasets), validation_dataset=args.validation_dataset,
         net=args.net, width_mult=args.width_mult, batch_size=args.batch_size, num_epochs=args.num_epochs,
-        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, gamma=args.gamma,
+        lr=args.lr, momentum=args.momentum, optimizer=args.optimizer, max_expand=args.max_expand,
+        weight_decay=args.weight_decay, gamma=args.gamma,
         base_net_lr=args.base_net_lr, extra_layers_lr=args.extra_layers_lr, scheduler=args.scheduler,
         milestones=args.milestones, t_max=args.t_max, warmup_epochs=args.warmup_epochs,
         pretrained_ssd=args.pretrained_ssd, resume=args.resume, freeze_base_net=args.freeze_base_net,

@@ -29,16 +29,19 @@ log = logging.getLogger(__name__)
 SETTINGS: dict = {
     "arch": "mb1-ssd",
     "width_mult": 0.25,
-    "train_images": 800,
+    "train_images": 1000,
     "test_images": 200,
     "data_seed": 2024,
-    "min_scale": 0.1,
+    "min_scale": 0.15,
     "max_scale": 0.9,
-    "max_objects": 4,
+    "max_objects": 3,
     "train_seed": 0,
     "batch_size": 16,
-    "num_epochs": 20,
-    "lr": 0.05,
+    "num_epochs": 28,
+    "optimizer": "adam",  # AdamW: from scratch it gets there in a fraction of SGD's epochs
+    "lr": 0.003,
+    "weight_decay": 1e-4,
+    "max_expand": 1.5,  # the data already spans 0.12..0.9 of the image; 4x zoom-out makes unlearnable specks
     "warmup_epochs": 1.0,
     "scheduler": "cosine",
     "channel_swap": False,
@@ -169,7 +172,8 @@ def build(out: Path, settings: dict, key: str = "", progress: bool = True) -> di
             batch_size=s["batch_size"], num_epochs=s["num_epochs"], lr=s["lr"], warmup_epochs=s["warmup_epochs"],
             scheduler=s["scheduler"], num_workers=s["num_workers"], validation_epochs=s["num_epochs"],
             validation_map=False, checkpoint_folder=str(out / "checkpoints"), seed=s["train_seed"],
-            threads=s["threads"], channel_swap=s["channel_swap"], keep_last=False,
+            threads=s["threads"], channel_swap=s["channel_swap"], keep_last=False, optimizer=s["optimizer"],
+            weight_decay=s["weight_decay"], max_expand=s["max_expand"],
         ), progress=progress)  # fmt: skip
         train_s = res.seconds
         net = res.net

@@ -162,6 +162,7 @@ class TrainConfig:
     num_epochs: int = 120
     lr: float = 0.01
     momentum: float = 0.9
+    optimizer: str = "sgd"  # sgd (pytorch-ssd) or adam (AdamW: converges faster from scratch)
     weight_decay: float = 5e-4
     gamma: float = 0.1
     base_net_lr: float | None = None
@@ -379,7 +380,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         val_loader = DataLoader(val_set, batch_size=cfg.batch_size, sampler=EpochSampler(len(val_set), 0, False),
                                 num_workers=0)
     groups = param_groups(net, cfg)
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise UserError(f"unknown --optimizer {cfg.optimizer!r}; use sgd or adam")
     steps_per_epoch = len(loader)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     criterion = MultiboxLoss(cfg.neg_pos_ratio)
