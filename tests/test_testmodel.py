@@ -53,4 +53,4 @@ def test_cache_is_reused(test_model):
     again = get_test_model()
     assert again.root == test_model.root and again.key == model_key()
     assert test_model.root.parent == cache_root()
-    assert not list(Path(test_model.root.parent).glob(".build-*"))  # no leftovers from a build
+    assert not list(Path(test_model.root.parent).glob(f".build-{test_model.key}-*"))  # no build leftovers
