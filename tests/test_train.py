@@ -131,3 +131,22 @@ def test_cli_bad_csv_row_is_one_clear_line(data, tmp_path, case, edit, needle):
 def test_cli_without_data_is_a_user_error(tmp_path):
     r = _cli("train", "--checkpoint-folder", tmp_path)
     assert r.returncode == 2 and "--datasets" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pretrained_ssd_transfer_with_another_class_count_and_frozen_base(data, tmp_path):
+    from edge_ssd.train.trainer import TrainConfig, train
+
+    torch.manual_seed(5)
+    src = xavier_init(create_net("mb1-ssd", 3, width_mult=0.25))  # 2 classes + background: heads differ
+    torch.save(src.state_dict(), tmp_path / "pre.pth")
+    res = train(TrainConfig(datasets=[str(data)], width_mult=0.25, batch_size=4, num_epochs=1, max_steps=2,
+                            num_workers=0, pretrained_ssd=str(tmp_path / "pre.pth"), freeze_base_net=True,
+                            validation_map=False, checkpoint_folder=str(tmp_path / "ck"), lr=0.01), progress=False)
+    got = res.net.state_dict()
+    want = src.state_dict()
+    base = [k for k in want if k.startswith("base_net.")]
+    assert base and all(torch.equal(got[k], want[k]) for k in base)  # loaded and frozen (BN stats too)
+    assert got["classification_headers.0.weight"].shape[0] == 6 * len(res.labels) != \
+        want["classification_headers.0.weight"].shape[0]
+    extra = [k for k in want if k.startswith("extras.") and k.endswith("weight")]
+    assert any(not torch.equal(got[k], want[k]) for k in extra)  # extras loaded, then trained
