@@ -138,3 +138,24 @@ def test_trained_test_model_map_drop(tmp_path):
     m = next(iter(maps.values()))
     assert m["fp32_map_voc07"] > 0.1
     assert m["delta_points_voc07"] <= 1.0, m
+    # cut before the heads' Concat: one int8 output per SSD head (6 + 6 for the mb1-ssd layout), each with its
+    # own scale; the device concatenates them
+    from edge_ssd.model.bundle import load_manifest
+    from edge_ssd.runtime.detector import load_detector
+
+    man, _ = load_manifest(r.bundle_dir)
+    assert len(man.scores.parts) == 6 and len(man.boxes.parts) == 6
+    assert sum(p.shape[1] for p in man.scores.parts) == 3000
+    assert len({p.quant.scale for p in man.scores.parts}) > 1
+    # the device runtime (parts concatenated on the host) agrees with the ONNX model on held-out images
+    from edge_ssd.data.datasets import OpenImagesDataset
+
+    ds = OpenImagesDataset(tm.dataset_dir, "test")
+    q8, fp = load_detector(r.bundle_dir, score_threshold=0.5), load_detector(tm.onnx_path, score_threshold=0.5)
+    agree = total = 0
+    for i in range(20):
+        img = ds.load_image(i)
+        a, b = q8.detect(img), fp.detect(img)
+        total += len(b)
+        agree += sum(1 for k in range(len(b)) if len(a) and (a.class_ids == b.class_ids[k]).any())
+    assert total > 0 and agree >= 0.9 * total

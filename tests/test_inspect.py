@@ -47,7 +47,10 @@ def test_cut_self_check_on_real_images(face):
 
     model, info = face
     cut = cut_model(model, info)
-    assert [o.name for o in cut.graph.output] == [info.tail.logits_tensor, info.tail.offsets_tensor]
+    # the cut is before the heads' Concat: one class and one box output per SSD head (4 for this model)
+    t = info.tail
+    assert t.logits_parts and t.offsets_parts and len(t.logits_parts) == len(t.offsets_parts) == 4
+    assert [o.name for o in cut.graph.output] == t.logits_parts + t.offsets_parts
     imgs = [preprocess(read_image(p), 320, 240) for p in sorted(FACES.glob("*.jpg")) + sorted(PHOTOS.glob("*.jpg"))]
     chk = self_check(model, cut, info, imgs)
     assert chk.images == 10 and chk.ok

@@ -106,24 +106,34 @@ def _tflite_io(path: Path):
     return it.get_input_details(), it.get_output_details(), ops
 
 
-def _map_outputs(outs, scores_name: str, boxes_name: str, n: int, c: int):
-    """Find the scores/boxes tensors of the .tflite by ONNX name, then by shape."""
-    def by_name(name):
-        exact = [d for d in outs if d["name"] == name]
-        if exact:
-            return exact[0]
-        pref = [d for d in outs if d["name"].startswith(name + "_") or d["name"].startswith(name + ":")]
-        return pref[0] if len(pref) == 1 else None
+def _find_output(outs, onnx_name: str, shape: list[int]) -> dict:
+    """The .tflite output for an ONNX tensor: by name (onnx2tf keeps it, maybe behind a scope prefix such as
+    ``wa/``), else the only output of that shape."""
+    bare = onnx_name.lstrip("/")
+    hits = [d for d in outs if d["name"] == onnx_name or d["name"] == bare or d["name"].endswith("/" + bare)
+            or d["name"].startswith(onnx_name + ":")]
+    if len(hits) == 1:
+        return hits[0]
+    shaped = [d for d in outs if [int(v) for v in d["shape"]] == list(shape)]
+    if len(shaped) == 1:
+        return shaped[0]
+    raise UserError(f"cannot tell the converted model's outputs apart ({[d['name'] for d in outs]} for "
+                    f"{onnx_name}); re-export the ONNX with distinct tensor names")
 
-    s, b = by_name(scores_name), by_name(boxes_name)
-    if s is None or b is None:
-        shaped = {tuple(int(v) for v in d["shape"]): d for d in outs}
-        if c != 4 and (1, n, c) in shaped and (1, n, 4) in shaped:
-            s, b = shaped[(1, n, c)], shaped[(1, n, 4)]
-        else:
-            raise UserError(f"cannot tell the converted model's outputs apart ({[d['name'] for d in outs]}); "
-                            "re-export the ONNX with distinct output names")
-    return s, b
+
+def _map_outputs(outs, names: list[str], shapes: dict[str, list[int]]) -> list[dict]:
+    found = [_find_output(outs, n, shapes[n]) for n in names]
+    if len({d["name"] for d in found}) != len(found):
+        raise UserError(f"two ONNX tensors map to one .tflite output ({[d['name'] for d in found]}); "
+                        "re-export the ONNX with distinct tensor names")
+    return found
+
+
+def _output_spec(parts: list[dict], name: str, n: int, k: int) -> OutputSpec:
+    if len(parts) == 1:
+        return OutputSpec(**_spec(parts[0]))
+    specs = [OutputSpec(**_spec(d)) for d in parts]
+    return OutputSpec(name=name, shape=[1, n, k], dtype=specs[0].dtype, parts=specs)
 
 
 def _spec(d) -> dict:
@@ -168,7 +178,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
                   ) -> ConvertResult:
     """Convert ``onnx_path`` into the bundle directory ``out_dir``; see the module docstring."""
     from . import calibrate as cal
-    from .cut import cut_model, save_cut, self_check
+    from .cut import cut_model, cut_outputs, save_cut, self_check
     from .inspect import load_and_inspect
     from .onnx2tf_runner import find_onnx2tf, launcher, onnx2tf_version, run_onnx2tf
     from .report import write_reports
@@ -232,10 +242,15 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
             raise UserError(f"cutting the tail changed the outputs (scores {chk.scores_max_abs:.2g}, boxes "
                             f"{chk.boxes_max_abs:.2g} max abs); this export's tail is unusual - please report it")
         onnx_mean, onnx_std = cal.onnx2tf_scaling(norm)
-        # 3. onnx2tf: per-channel first when allowed, per-tensor as the fallback
+        # 3. onnx2tf: with --quant auto both weight quantisations are converted and validated, and the one
+        # that keeps accuracy best is kept (int8 mAP when ground truth exists, else detection F1; ties go to
+        # per-channel)
         order = ["per-channel", "per-tensor"] if quant == "auto" else [quant]
-        attempts, chosen, res = [], None, None
-        logs = []
+        lg_names, of_names = cut_outputs(info)
+        shapes = {o.name: [int(d.dim_value) for d in o.type.tensor_type.shape.dim] for o in cut.graph.output}
+        t = info.tail
+        fp32 = OnnxFp32(model, info, norm)
+        attempts, candidates, logs = [], [], []
         for qt in order:
             od = work / f"tf_{qt}"
             res = run_onnx2tf(cut_path, od, input_name=info.input.name, calib_npy=npy, mean=onnx_mean,
@@ -246,26 +261,29 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
             attempts.append({"quant_type": qt, "ok": f is not None, "returncode": res.returncode,
                              "seconds": round(res.seconds, 2), "peak_rss_mb": round(res.peak_rss_mb, 1),
                              "error": res.error})
-            if f is not None:
-                chosen = (qt, f, res)
-                break
+            if f is None:
+                continue
+            ins, outs, ops = _tflite_io(f)
+            s_parts = _map_outputs(outs, lg_names, shapes)
+            b_parts = _map_outputs(outs, of_names, shapes)
+            q8 = TfliteInt8(f, norm, [d["name"] for d in s_parts], [d["name"] for d in b_parts], score_fn=t.score_fn,
+                            priors=t.priors, center_variance=t.center_variance, size_variance=t.size_variance)
+            v = validate(fp32, q8, val_images, score_threshold=score_threshold, progress=progress, labels=names)
+            m0 = next(iter(v["map"].values())) if v.get("map") else None
+            attempts[-1]["f1"] = v["agreement"]["f1"]
+            if m0:
+                attempts[-1]["int8_map_voc07"] = m0["int8_map_voc07"]
+            rank = (m0["int8_map_voc07"] if m0 else v["agreement"]["f1"], -len(candidates))
+            candidates.append((rank, qt, f, res, v, ins, ops, s_parts, b_parts))
         for lp in logs:
             shutil.copy(lp, out_dir / lp.name)
-        if chosen is None:
+        if not candidates:
             raise UserError(f"onnx2tf could not produce an int8 model ({attempts[-1]['error'][:160]}); see "
                             f"{out_dir / logs[-1].name}")
-        qt, tfl, res = chosen
+        _, qt, tfl, res, v, ins, ops, s_parts, b_parts = max(candidates, key=lambda c: c[0])
         model_path = out_dir / "model.tflite"
         shutil.copy(tfl, model_path)
-        ins, outs, ops = _tflite_io(model_path)
-        t = info.tail
-        s_d, b_d = _map_outputs(outs, t.logits_tensor, t.offsets_tensor, t.num_priors, t.num_classes)
         in_spec = _spec(ins[0])
-        # 4. validation
-        fp32 = OnnxFp32(model, info, norm)
-        q8 = TfliteInt8(model_path, norm, s_d["name"], b_d["name"], score_fn=t.score_fn, priors=t.priors,
-                        center_variance=t.center_variance, size_variance=t.size_variance)
-        v = validate(fp32, q8, val_images, score_threshold=score_threshold, progress=progress, labels=names)
         examples = v.pop("_examples")
         f1 = v["agreement"]["f1"]
         ok = f1 >= min_agreement
@@ -283,7 +301,8 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
             "source": {"path": str(onnx_path), "sha256": sha256_file(onnx_path), "opset": info.opset,
                        "input": info.input.shape},
             "mode": "cut", "tail_on_host": True, "target": target,
-            "input_dtype": in_spec["dtype"], "output_dtype": _spec(s_d)["dtype"],
+            "input_dtype": in_spec["dtype"], "output_dtype": _spec(s_parts[0])["dtype"],
+            "head_outputs": {"scores": len(s_parts), "boxes": len(b_parts)},
             "converter": converter, "attempts": attempts, "ops": ops,
             "calibration": {"images": calib_data.used, "skipped": len(calib_data.skipped),
                             "roots": calib_images.roots, "scaling_error": calib_data.scaling_error,
@@ -308,7 +327,8 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
             model_sha256=sha256_file(model_path), target=target,
             input=InputSpec(name=in_spec["name"], shape=in_spec["shape"], layout="NHWC", dtype=in_spec["dtype"],
                             color="RGB", mean=list(norm.mean), std=list(norm.std), quant=in_spec["quant"]),
-            scores=OutputSpec(**_spec(s_d)), boxes=OutputSpec(**_spec(b_d)),
+            scores=_output_spec(s_parts, "scores", t.num_priors, t.num_classes),
+            boxes=_output_spec(b_parts, "boxes", t.num_priors, 4),
             postprocess=Postprocess(score_fn=t.score_fn, box_encoding="offsets",
                                     center_variance=t.center_variance, size_variance=t.size_variance,
                                     priors=np.round(t.priors.astype(np.float64), 7).tolist(),

@@ -16,18 +16,33 @@ from ..model.box import decode_boxes, sigmoid, softmax
 from .inspect import ModelInfo, real_inputs, run_onnx_tensors, subgraph
 
 
+def cut_outputs(info: ModelInfo) -> tuple[list[str], list[str]]:
+    """The cut model's outputs for (logits, offsets): the per-head tensors before the heads' Concat when the
+    graph has one (each head then keeps its own int8 scale), else the concatenated tensors."""
+    t = info.tail
+    return (t.logits_parts or [t.logits_tensor]), (t.offsets_parts or [t.offsets_tensor])
+
+
 def cut_model(model, info: ModelInfo):
-    """An ONNX model whose outputs are the tail's inputs (logits, offsets), with static output shapes."""
+    """An ONNX model whose outputs are the tail's inputs (per-head logits and offsets, or the concatenated
+    logits and offsets), with static output shapes."""
     import onnx
     from onnx import helper
 
-    t = info.tail
     inp = real_inputs(model)[0]
     shape = [int(s) for s in info.input.shape]
-    sub = subgraph(model, {inp.name: shape}, [t.logits_tensor, t.offsets_tensor])
-    outs = run_onnx_tensors(sub, {inp.name: np.zeros(shape, np.float32)}, [t.logits_tensor, t.offsets_tensor])
+    lg, of = cut_outputs(info)
+    names = lg + of
+    sub = subgraph(model, {inp.name: shape}, names)
+    outs = run_onnx_tensors(sub, {inp.name: np.zeros(shape, np.float32)}, names)
+    for group, total in ((lg, info.tail.num_classes), (of, 4)):
+        arrs = [outs[names.index(n)] for n in group]
+        if len(group) > 1 and (any(a.ndim != 3 or a.shape[2] != total for a in arrs)
+                               or sum(a.shape[1] for a in arrs) != info.tail.num_priors):
+            raise UserError(f"{info.path}: the heads feeding the tail have unexpected shapes "
+                            f"{[list(a.shape) for a in arrs]}; this export's tail is unusual - please report it")
     del sub.graph.output[:]
-    for name, arr in zip([t.logits_tensor, t.offsets_tensor], outs, strict=True):
+    for name, arr in zip(names, outs, strict=True):
         sub.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(arr.shape)))
     for p in model.metadata_props:
         sub.metadata_props.append(p)
@@ -64,9 +79,12 @@ def self_check(model, cut, info: ModelInfo, batches: list[np.ndarray], tol: floa
     name = real_inputs(model)[0].name
     t = info.tail
     es, eb = 0.0, 0.0
+    lg_names, of_names = cut_outputs(info)
     for x in batches:
         s_ref, b_ref = full.run([t.scores_output, t.boxes_output], {name: x})
-        lg, of = part.run([t.logits_tensor, t.offsets_tensor], {name: x})
+        outs = part.run(lg_names + of_names, {name: x})
+        lg = np.concatenate(outs[:len(lg_names)], axis=1)
+        of = np.concatenate(outs[len(lg_names):], axis=1)
         s, b = host_tail(lg, of, info)
         es = max(es, float(np.max(np.abs(s - s_ref[0]))))
         eb = max(eb, float(np.max(np.abs(b - b_ref[0]))))

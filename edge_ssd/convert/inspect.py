@@ -80,6 +80,10 @@ class TailInfo:
     priors_match_spec: bool | None = None
     priors_spec_error: float | None = None
     priors: np.ndarray | None = field(default=None, repr=False)
+    # per-head tensors concatenated (priors axis) into the logits / offsets: the converter cuts before that
+    # Concat, because the toolchain mis-quantises an int8 CONCATENATION whose inputs have different scales
+    logits_parts: list[str] | None = None
+    offsets_parts: list[str] | None = None
 
 
 @dataclass
@@ -254,8 +258,23 @@ def find_tail(model) -> TailInfo:
     if info.offsets_tensor == boxes:
         info.reason = f"`{boxes}` is not decoded inside the graph (no Slice/Mul/Exp/Add decode found)"
         return info
+    info.logits_parts = _head_parts(model, prod, const, info.logits_tensor)
+    info.offsets_parts = _head_parts(model, prod, const, info.offsets_tensor)
     info.recognised = True
     return info
+
+
+def _head_parts(model, prod: dict, const: set, tensor: str) -> list[str] | None:
+    """Inputs of the Concat (along the priors axis of a 1xNxK tensor) that produces ``tensor``, if any."""
+    n = prod.get(tensor)
+    while n is not None and n.op_type == "Identity":
+        n = prod.get(n.input[0])
+    if n is None or n.op_type != "Concat" or len(n.input) < 2:
+        return None
+    axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+    if axis not in (1, -2) or any(i in const or not i for i in n.input):
+        return None
+    return list(n.input)
 
 
 def prove_tail(model, info: TailInfo, input_name: str, input_shape: list[int], seed: int = 0) -> TailInfo:
@@ -407,6 +426,9 @@ def format_info(info: ModelInfo) -> str:
             f"  boxes:      {t.boxes_output} = decode({t.offsets_tensor}, priors)  [host error {t.decode_error:.1e}]",
             f"  priors:     {t.num_priors} (center form, read from the graph), classes: {t.num_classes}",
             f"  variances:  center {t.center_variance}, size {t.size_variance}",
+            f"  heads:      {len(t.logits_parts or [1])} class + {len(t.offsets_parts or [1])} box outputs "
+            + ("concatenated in the graph: the int8 model outputs each head (own scale), the host concatenates"
+               if t.logits_parts or t.offsets_parts else "(no per-head Concat found: cut at the tail's inputs)"),
             "  SSDSpec:    " + ("priors match the seed's MobileNet-SSD spec" if t.priors_match_spec
                                else "priors differ from the seed's MobileNet-SSD spec (the graph's are used)"),
         ]

@@ -52,9 +52,14 @@ def format_markdown(rep: dict) -> str:
         f"| peak memory | onnx2tf {_f(t.get('onnx2tf_peak_rss_mb'), 4)} MB, edge-ssd "
         f"{_f(t.get('self_peak_rss_mb'), 4)} MB |",
     ]
+    chosen = rep.get("converter", {}).get("quant_type")
     for a_ in rep.get("attempts", []):
+        measured = ""
+        if "f1" in a_:
+            measured = f", F1 {a_['f1']:.4f}" + (f", int8 mAP {a_['int8_map_voc07']:.4f}" if "int8_map_voc07" in a_
+                                                  else "")
         lines.append(f"| attempt {a_['quant_type']} | {'ok' if a_['ok'] else 'failed: ' + a_.get('error', '')[:120]} "
-                     f"({a_['seconds']:.1f} s) |")
+                     f"({a_['seconds']:.1f} s{measured}){' <- kept' if a_['quant_type'] == chosen else ''} |")
     for w in rep.get("warnings", []):
         lines.append(f"| warning | {w} |")
     return "\n".join(lines) + "\n"

@@ -45,15 +45,19 @@ class OnnxFp32:
 class TfliteInt8:
     """The converted model in LiteRT + the host tail, fed exactly as the device feeds it (LUT for int8 input)."""
 
-    def __init__(self, tflite_path, norm: Normalization, scores_name: str, boxes_name: str,
+    def __init__(self, tflite_path, norm: Normalization, scores_name, boxes_name,
                  score_fn: str = "none", priors=None, center_variance=0.1, size_variance=0.2, threads: int = 2):
+        """``scores_name``/``boxes_name``: an output name, or a list of per-head output names concatenated
+        along the priors axis (as the device does)."""
         from ai_edge_litert.interpreter import Interpreter
 
         self.it = Interpreter(model_path=str(tflite_path), num_threads=threads)
         self.it.allocate_tensors()
         self.inp = self.it.get_input_details()[0]
         outs = {d["name"]: d for d in self.it.get_output_details()}
-        self.s_det, self.b_det = outs[scores_name], outs[boxes_name]
+        as_list = (lambda n: [n] if isinstance(n, str) else list(n))  # noqa: E731
+        self.s_dets = [outs[n] for n in as_list(scores_name)]
+        self.b_dets = [outs[n] for n in as_list(boxes_name)]
         _, self.h, self.w, _ = (int(v) for v in self.inp["shape"])
         self.norm = norm
         self.lut = None
@@ -77,8 +81,8 @@ class TfliteInt8:
             x = preprocess(img, self.w, self.h, self.norm, layout="NHWC")
         self.it.set_tensor(self.inp["index"], x)
         self.it.invoke()
-        s = self._deq(self.s_det, self.it.get_tensor(self.s_det["index"]))[0]
-        b = self._deq(self.b_det, self.it.get_tensor(self.b_det["index"]))[0]
+        s = np.concatenate([self._deq(d, self.it.get_tensor(d["index"])) for d in self.s_dets], axis=1)[0]
+        b = np.concatenate([self._deq(d, self.it.get_tensor(d["index"])) for d in self.b_dets], axis=1)[0]
         return s, b
 
     def __call__(self, img):

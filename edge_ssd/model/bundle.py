@@ -57,10 +57,17 @@ class InputSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    name: str  # tensor name in the model file
+    name: str  # tensor name in the model file (or a logical name when ``parts`` is set)
     shape: list[int]
     dtype: Literal["float32", "int8", "uint8"] = "float32"
     quant: Quant | None = None
+    # When set, this output is the concatenation along axis 1 (the priors axis), in this order, of these model
+    # outputs, one per SSD head. The converter cuts before the heads' Concat because an int8 CONCATENATION of
+    # inputs with different scales is mis-quantised by the toolchain; each head keeps its own scale this way.
+    parts: list[OutputSpec] = Field(default_factory=list)
+
+    def tensor_names(self) -> list[str]:
+        return [p.name for p in self.parts] if self.parts else [self.name]
 
 
 class Postprocess(_Strict):

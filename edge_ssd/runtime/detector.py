@@ -100,8 +100,11 @@ class Detector:
     thread at a time (the pipeline does); ``preprocess`` may write into caller-owned buffers (``out=``)."""
 
     def __init__(self, backend: Backend, labels: list[str], inp: InputConfig, post: PostprocessConfig,
-                 scores_name: str, boxes_name: str, name: str = "model", source_path: str = ""):
+                 scores_name: str, boxes_name: str, name: str = "model", source_path: str = "",
+                 scores_parts: list[str] | None = None, boxes_parts: list[str] | None = None):
         self.backend = backend
+        # outputs split per SSD head (see bundle.OutputSpec.parts): concatenated on the host along the priors axis
+        self._concat = [(n, list(ps)) for n, ps in ((scores_name, scores_parts), (boxes_name, boxes_parts)) if ps]
         self.labels = list(labels)
         self.inp = inp
         self.post = post
@@ -177,7 +180,10 @@ class Detector:
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """Run the model; outputs as float32 (dequantised)."""
-        return self.backend.run(tensor)
+        raw = self.backend.run(tensor)
+        for name, parts in self._concat:
+            raw[name] = np.concatenate([raw[p] for p in parts], axis=1)
+        return raw
 
     def postprocess(self, raw: dict[str, np.ndarray], score_threshold: float | None = None) -> Detections:
         p = self.post
@@ -306,7 +312,15 @@ def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Dete
     be = open_backend(model_path, backend=backend, threads=threads, edgetpu_device=edgetpu_device)
     names = [o.name for o in be.outputs]
     scores_name, boxes_name = m.scores.name, m.boxes.name
-    if scores_name not in names or boxes_name not in names:
+    parts = {}
+    if m.scores.parts or m.boxes.parts:
+        missing = [n for n in m.scores.tensor_names() + m.boxes.tensor_names() if n not in names]
+        if missing:
+            raise UserError(f"{p}: outputs {missing[:3]} named in the manifest are not in the model; copy the whole "
+                            "bundle again or re-run `edge-ssd convert`")
+        parts = {"scores_parts": m.scores.tensor_names() if m.scores.parts else None,
+                 "boxes_parts": m.boxes.tensor_names() if m.boxes.parts else None}
+    elif scores_name not in names or boxes_name not in names:
         log.warning("%s: output names %s/%s from the manifest are not in the model (%s); identifying by shape",
                     p, scores_name, boxes_name, ", ".join(names))
         scores_name, boxes_name = _identify_outputs(be, model_path, len(m.labels))
@@ -323,7 +337,7 @@ def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Dete
                              score_threshold=pp.score_threshold, candidate_size=pp.candidate_size, top_k=pp.top_k)
     lab = _labels_for(p, labels, None) if labels else list(m.labels)
     name = p.name[:-len(".bundle")] if p.name.endswith(".bundle") else p.name
-    return Detector(be, lab, inp, post, scores_name, boxes_name, name=name, source_path=str(p))
+    return Detector(be, lab, inp, post, scores_name, boxes_name, name=name, source_path=str(p), **parts)
 
 
 def _load_onnx(p: Path, backend: str, threads, labels) -> Detector:
