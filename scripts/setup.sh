@@ -27,10 +27,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-find_python() {  # find_python MIN_MINOR [MAX_MINOR]: print a python3.X path
+find_python() {  # find_python MINOR...: print the path of a working python3.MINOR (first found wins)
+  local v p
   for v in "$@"; do
-    for p in "python3.$v" "$HOME/.pyenv/versions/3.$v"*/bin/python "/root/.pyenv/versions/3.$v"*/bin/python; do
-      if command -v "$p" >/dev/null 2>&1; then command -v "$p"; return 0; fi
+    # real binaries first (pyenv shims fail when the version is not selected), then whatever is on PATH
+    for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3."$v".*/bin/python3."$v" \
+             /root/.pyenv/versions/3."$v".*/bin/python3."$v" /usr/bin/python3."$v" /usr/local/bin/python3."$v" \
+             "$(command -v python3."$v" 2>/dev/null)"; do
+      if [ -n "$p" ] && [ -x "$p" ] && "$p" -c 'import venv' >/dev/null 2>&1; then
+        echo "$p"
+        return 0
+      fi
     done
   done
   return 1
