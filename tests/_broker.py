@@ -26,6 +26,16 @@ def have_mosquitto() -> bool:
     return os.path.exists(MOSQUITTO)
 
 
+
+def wait(pred, timeout: float = 20.0) -> bool:
+    """Poll ``pred`` every 50 ms until it is true or ``timeout`` seconds passed; return its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
 class Broker:
     def __init__(self, workdir: Path, port: int | None = None, users: dict[str, str] | None = None,
                  persistence: bool = True):
@@ -144,12 +154,7 @@ class Collector:
         return [json.loads(p) for p in self.on(suffix)]
 
     def wait_for(self, pred, timeout: float = 20.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(0.05)
-        return pred()
+        return wait(pred, timeout)
 
 
 # -- daemon helpers ------------------------------------------------------------------------------------------

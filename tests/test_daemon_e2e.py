@@ -22,6 +22,7 @@ from _broker import (
     stop_daemon,
     write_config,
 )
+from _broker import wait as _wait
 
 pytestmark = [pytest.mark.skipif(not have_mosquitto(), reason="mosquitto not installed"),
               pytest.mark.skipif(not FACE_MODEL.exists(), reason="shared face model missing")]
@@ -49,12 +50,7 @@ def daemon_config(tmp, video, port, *, loop=True, max_fps=25.0, **mqtt_extra):
 
 
 def wait(pred, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+    return _wait(pred, timeout)
 
 
 def test_detections_arrive_exactly_as_produced_with_notify(tmp_path, video):

@@ -4,10 +4,10 @@ spool order across a broker restart."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from _broker import Broker, Collector, have_mosquitto
+from _broker import wait as _wait
 
 from edge_ssd.daemon.config import parse_config
 from edge_ssd.publish.homeassistant import discovery_messages
@@ -27,12 +27,7 @@ mqtt: {host: 127.0.0.1}
 
 
 def wait(pred, timeout=15.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+    return _wait(pred, timeout)
 
 
 def make_pub(port, tmp_path):

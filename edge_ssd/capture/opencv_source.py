@@ -24,6 +24,18 @@ def _device_path(dev: int | str) -> str:
     return f"/dev/video{dev}" if isinstance(dev, int) else str(dev)
 
 
+
+def _read(cap, error: str) -> np.ndarray:
+    ok, img = cap.read()
+    if not ok or img is None:
+        raise SourceError(error)
+    return img
+
+
+def _release(cap) -> None:
+    if cap is not None:
+        cap.release()
+
 class CameraSource(Source):
     """A V4L2 camera by index (``0``) or path (``/dev/video0``)."""
 
@@ -55,15 +67,10 @@ class CameraSource(Source):
         self._cap = cap
 
     def _grab(self) -> np.ndarray:
-        ok, img = self._cap.read()
-        if not ok or img is None:
-            raise SourceError(f"camera {self.name}: no frame (unplugged?)")
-        return img
+        return _read(self._cap, f"camera {self.name}: no frame (unplugged?)")
 
     def _disconnect(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        self._cap = _release(self._cap)
 
     def _open_error(self, e: Exception) -> str:
         path = _device_path(self.device)
@@ -96,15 +103,10 @@ class StreamSource(Source):
         self._cap = cap
 
     def _grab(self) -> np.ndarray:
-        ok, img = self._cap.read()
-        if not ok or img is None:
-            raise SourceError(f"stream {self.name}: no frame (stream ended or stalled)")
-        return img
+        return _read(self._cap, f"stream {self.name}: no frame (stream ended or stalled)")
 
     def _disconnect(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        self._cap = _release(self._cap)
 
     def _open_error(self, e: Exception) -> str:
         return (f"cannot open stream {_redact(self.url)} ({e}); check the URL, credentials and that the camera is "
