@@ -3,9 +3,18 @@
 #   - apt: mosquitto (the tests start their own broker on 127.0.0.1), systemd (systemd-analyze verify)
 #   - .venv (Python 3.11): edge-ssd with the dev extras (torch CPU, onnx, onnxruntime, LiteRT, pytest ...)
 #   - convert/.venv (Python >= 3.12): the pinned onnx2tf toolchain (convert/requirements.txt)
+#   - with --with-tf: convert/.venv-tf, onnx2tf's TensorFlow backend (2.7 GB; `edge-ssd convert --backend tf_converter`)
 # Re-running it only does what is missing. The device installer is deploy/install.sh, not this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+WITH_TF=0
+for a in "$@"; do
+  case "$a" in
+    --with-tf) WITH_TF=1 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $a (use --with-tf or nothing)" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -75,5 +84,16 @@ elif [ "$(cat "$cstamp" 2>/dev/null)" != "$cwant" ]; then
   convert/.venv/bin/python -m pip install -q -U pip
   convert/.venv/bin/python -m pip install -q -r convert/requirements.txt
   echo "$cwant" > "$cstamp"
+fi
+if [ "$WITH_TF" = 1 ] && [ -n "$CPY" ]; then
+  tstamp=convert/.venv-tf/.edge-ssd-setup
+  twant=$(sha256sum convert/requirements-tf.txt | cut -c1-16)
+  if [ "$(cat "$tstamp" 2>/dev/null)" != "$twant" ]; then
+    log "creating convert/.venv-tf (onnx2tf + TensorFlow, about 2.7 GB) with $CPY"
+    [ -x convert/.venv-tf/bin/python ] || "$CPY" -m venv convert/.venv-tf
+    convert/.venv-tf/bin/python -m pip install -q -U pip
+    convert/.venv-tf/bin/python -m pip install -q -r convert/requirements-tf.txt
+    echo "$twant" > "$tstamp"
+  fi
 fi
 log "ready: .venv/bin/edge-ssd --help"

@@ -159,3 +159,21 @@ def test_trained_test_model_map_drop(tmp_path):
         total += len(b)
         agree += sum(1 for k in range(len(b)) if len(a) and (a.class_ids == b.class_ids[k]).any())
     assert total > 0 and agree >= 0.9 * total
+
+
+def test_tf_converter_backend_missing_is_one_line(tmp_path):
+    if (REPO / "convert" / ".venv-tf" / "bin" / "onnx2tf").exists():
+        pytest.skip("convert/.venv-tf exists here")
+    import os
+
+    env = dict(os.environ, EDGE_SSD_ONNX2TF_TF=str(tmp_path / "nowhere" / "onnx2tf"))
+    import subprocess
+
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "edge-ssd"), "convert", str(FACE), "--calib", str(FACES),
+                        "--backend", "tf_converter", "-o", str(tmp_path / "b")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 3, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "tf_converter" in lines[0] and "--with-tf" in lines[0]
+    assert not (tmp_path / "b").exists()  # refused before any work

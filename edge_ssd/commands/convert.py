@@ -38,7 +38,10 @@ def register(subparsers) -> None:
     p.add_argument("--labels", default=None, help="labels file, one per line, BACKGROUND first")
     p.add_argument("--target", choices=["cpu", "edgetpu"], default="cpu")
     p.add_argument("--quant", choices=["auto", "per-channel", "per-tensor"], default="auto",
-                   help="weight quantisation (auto: per-channel if onnx2tf manages it, else per-tensor)")
+                   help="weight quantisation (auto: convert and validate both, keep the more accurate)")
+    p.add_argument("--backend", choices=["flatbuffer_direct", "tf_converter"], default="flatbuffer_direct",
+                   help="onnx2tf backend: flatbuffer_direct (default, no TensorFlow) or tf_converter (needs "
+                        "convert/.venv-tf from `scripts/setup.sh --with-tf`, 2.7 GB)")
     p.add_argument("--mean", type=_floats, default=None, help="normalisation mean (default 127)")
     p.add_argument("--std", type=_floats, default=None, help="normalisation std (default 128)")
     p.add_argument("--input-shape", type=_shape, default=None, metavar="N,C,H,W", help="fix a dynamic input shape")
@@ -62,7 +65,7 @@ def run(args) -> int:
                       labels=args.labels, target=args.target, quant=args.quant, min_agreement=args.min_agreement,
                       force=args.force, progress=not args.no_progress, mean=args.mean, std=args.std,
                       input_shape=args.input_shape, calib_split=args.calib_split, val_split=args.val_split,
-                      score_threshold=args.score_threshold)
+                      score_threshold=args.score_threshold, backend=args.backend)
     print(format_markdown(r.report))
     print(f"bundle: {r.bundle_dir}")
     if not r.ok:

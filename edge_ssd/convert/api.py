@@ -174,13 +174,13 @@ def _edgetpu(tflite: Path, ops: list[str], bundle_dir: Path) -> dict:
 def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None, labels=None,
                   target: str = "cpu", quant: str = "auto", min_agreement: float = 0.9, force: bool = False,
                   progress: bool = True, mean=None, std=None, input_shape=None, calib_split: str | None = None,
-                  val_split: str | None = None, score_threshold: float = 0.5, keep_work: bool = False
-                  ) -> ConvertResult:
+                  val_split: str | None = None, score_threshold: float = 0.5, keep_work: bool = False,
+                  backend: str = "flatbuffer_direct") -> ConvertResult:
     """Convert ``onnx_path`` into the bundle directory ``out_dir``; see the module docstring."""
     from . import calibrate as cal
     from .cut import cut_model, cut_outputs, save_cut, self_check
     from .inspect import load_and_inspect
-    from .onnx2tf_runner import find_onnx2tf, launcher, onnx2tf_version, run_onnx2tf
+    from .onnx2tf_runner import BACKENDS, find_onnx2tf, launcher, onnx2tf_version, run_onnx2tf
     from .report import write_reports
     from .validate import OnnxFp32, TfliteInt8, validate
 
@@ -189,6 +189,9 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         raise UserError(f"--target {target!r}: use cpu or edgetpu")
     if quant not in ("auto", "per-channel", "per-tensor"):
         raise UserError(f"--quant {quant!r}: use auto, per-channel or per-tensor")
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: use {' or '.join(BACKENDS)}")
+    find_onnx2tf(backend)  # a missing toolchain fails before minutes of calibration
     onnx_path = Path(onnx_path)
     out_dir = Path(out_dir)
     norm = Normalization(tuple(mean) if mean else (127.0, 127.0, 127.0), tuple(std) if std else (128.0,) * 3)
@@ -255,7 +258,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
             od = work / f"tf_{qt}"
             res = run_onnx2tf(cut_path, od, input_name=info.input.name, calib_npy=npy, mean=onnx_mean,
                               std=onnx_std, quant_type=qt, input_dtype="int8", output_dtype="int8",
-                              log_path=work / f"onnx2tf-{qt}.log", progress=progress)
+                              backend=backend, log_path=work / f"onnx2tf-{qt}.log", progress=progress)
             logs.append(res.log_path)
             f = res.files.get("full_integer_quant")
             attempts.append({"quant_type": qt, "ok": f is not None, "returncode": res.returncode,
@@ -289,8 +292,8 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         ok = f1 >= min_agreement
         edgetpu = _edgetpu(model_path, ops, out_dir) if target == "edgetpu" else None
         self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        exe = find_onnx2tf()
-        converter = {"tool": "onnx2tf", "onnx2tf": onnx2tf_version(exe), "backend": "flatbuffer_direct",
+        exe = find_onnx2tf(backend)
+        converter = {"tool": "onnx2tf", "onnx2tf": onnx2tf_version(exe), "backend": backend,
                      "launcher": Path(res.command[1]).name if len(launcher(exe)) > 1 else "onnx2tf",
                      "quant_type": qt, "flags": res.command[len(launcher(exe)) + 2:],
                      "edge_ssd": _edge_ssd_version(), "python": platform.python_version(),

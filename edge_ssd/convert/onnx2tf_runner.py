@@ -24,15 +24,23 @@ from ..errors import DependencyError, UserError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def find_onnx2tf() -> Path:
-    env = os.environ.get("EDGE_SSD_ONNX2TF")
-    cands = [Path(env)] if env else []
-    cands.append(REPO / "convert" / ".venv" / "bin" / "onnx2tf")
+BACKENDS = ("flatbuffer_direct", "tf_converter")
+
+
+def find_onnx2tf(backend: str = "flatbuffer_direct") -> Path:
+    """The onnx2tf executable: ``convert/.venv`` (no TensorFlow) for flatbuffer_direct; ``convert/.venv-tf``
+    (``onnx2tf[tensorflow]``, about 2.7 GB, made by ``scripts/setup.sh --with-tf``) for tf_converter."""
+    if backend == "tf_converter":
+        env, venv, how = "EDGE_SSD_ONNX2TF_TF", ".venv-tf", "run `scripts/setup.sh --with-tf` (2.7 GB)"
+    else:
+        env, venv, how = "EDGE_SSD_ONNX2TF", ".venv", "run scripts/setup.sh"
+    cands = [Path(os.environ[env])] if os.environ.get(env) else []
+    cands.append(REPO / "convert" / venv / "bin" / "onnx2tf")
     for c in cands:
         if c.is_file() and os.access(c, os.X_OK):
             return c
-    raise DependencyError(f"onnx2tf not found ({', '.join(str(c) for c in cands)}); run scripts/setup.sh to create "
-                          "convert/.venv, or set EDGE_SSD_ONNX2TF to an onnx2tf executable")
+    raise DependencyError(f"onnx2tf for the {backend} backend not found ({', '.join(str(c) for c in cands)}); "
+                          f"{how} to create convert/{venv}, or set {env} to an onnx2tf executable")
 
 
 PATCHED = REPO / "convert" / "onnx2tf_patched.py"
@@ -81,7 +89,7 @@ def run_onnx2tf(onnx_path: Path, out_dir: Path, *, input_name: str, calib_npy: P
                 std: list[float], quant_type: str = "per-tensor", input_dtype: str = "int8",
                 output_dtype: str = "int8", backend: str = "flatbuffer_direct", log_path: Path | None = None,
                 progress: bool = True, extra: list[str] | None = None, timeout: float = 3600) -> Onnx2tfResult:
-    exe = find_onnx2tf()
+    exe = find_onnx2tf(backend)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or out_dir / "onnx2tf.log"
     # onnx2tf writes its onnxsim-simplified model back over the input file: give it a private copy so the
