@@ -51,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-ssd: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # the safety net for files and disks (missing folder, permissions, a full disk): one line, no traceback
+        # (use -v to see where it came from)
+        if args.verbose:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"edge-ssd: error: {e.strerror or e}{where} (check the path, its permissions and the free space)",
+              file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 
