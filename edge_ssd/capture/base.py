@@ -269,15 +269,19 @@ class Source:
             return self._read_sync_locked()
 
     def _read_sync_locked(self) -> Frame | None:
+        img = self._next_image()
+        return None if img is None else self._make_frame(img)
+
+    def _next_image(self) -> np.ndarray | None:
+        """Connect (after the backoff) when needed and grab the next image, paced; None when the source ended,
+        failed or is closing (``status`` says which). Shared by the in-order reader and the capture thread."""
         while not self._stop.is_set():
-            if self.status in ("ended", "failed"):
-                return None
             if not self._connected:
-                if not self._wait_backoff():
+                if self.status in ("ended", "failed") or not self._wait_backoff():
                     return None
                 try:
                     self._do_connect()
-                except UserError as e:
+                except UserError as e:  # not fixable by retrying (missing dependency, bad file)
                     self._note_failure(e)
                     self._set_status("failed")
                     return None
@@ -293,12 +297,12 @@ class Source:
             except Exception as e:
                 self._note_failure(e)
                 self._safe_disconnect()
-                if not self.reconnect or self.finite:
-                    self._set_status("ended" if self.finite else "failed")
+                if self.finite:
+                    self._set_status("ended")
                     return None
-                continue
+                continue  # the next round reconnects after the backoff, or gives up (no reconnect, max failures)
             self._pace()
-            return self._make_frame(img)
+            return img
         return None
 
     def _wait_backoff(self) -> bool:
@@ -321,33 +325,7 @@ class Source:
     def _run(self) -> None:
         """Latest-mode capture thread."""
         try:
-            while not self._stop.is_set():
-                if not self._connected:
-                    if self.status in ("ended", "failed") or not self._wait_backoff():
-                        break
-                    try:
-                        self._do_connect()
-                    except UserError as e:  # not fixable by retrying (missing dependency, bad file)
-                        self._note_failure(e)
-                        self._set_status("failed")
-                        break
-                    except Exception as e:
-                        self._note_failure(e)
-                        continue
-                try:
-                    img = self._grab()
-                except SourceEnded:
-                    self._safe_disconnect()
-                    self._set_status("ended")
-                    break
-                except Exception as e:
-                    self._note_failure(e)
-                    self._safe_disconnect()
-                    if self.finite:
-                        self._set_status("ended")
-                        break
-                    continue
-                self._pace()
+            while (img := self._next_image()) is not None:
                 f = self._make_frame(img)
                 with self._cond:
                     if self._slot is not None:
