@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..publish.messages import SCHEMA, json_bytes
 from ..publish.topics import Topics
 from .config import Config, ConfigError, LoadedConfig, load_config
 from .health import Watchdog, source_status, stats_message
@@ -33,12 +34,6 @@ log = logging.getLogger("edge_ssd.daemon")
 READY_TIMEOUT = 60.0
 STATUS_INTERVAL = 5.0
 TICK = 0.1
-
-
-def _json(obj) -> bytes:
-    from ..publish.mqtt import json_bytes
-
-    return json_bytes(obj)
 
 
 class Daemon:
@@ -126,7 +121,7 @@ class Daemon:
         if ha.enabled:
             self.publisher.set_discovery(discovery_messages(cfg, topics, det.labels, det.name))
         for s in cfg.sources:
-            self.publisher.set_state(topics.status(s.name), _json({"schema": 1, "state": "starting"}),
+            self.publisher.set_state(topics.status(s.name), json_bytes({"schema": SCHEMA, "state": "starting"}),
                                      retain=m.retain.status)
         self.mqtt_sink = MqttSink(self.publisher, cfg.device, count_labels=count_labels,
                                   retain_counts=m.retain.counts, retain_detections=m.retain.detections,
@@ -164,7 +159,8 @@ class Daemon:
             st = source_status(s.name, ps, self.mqtt_sink.fps(s.name), self.mqtt_sink.last_inference_ms.get(s.name))
             if st["state"] == "ok":
                 st["state"] = "streaming"
-            self.publisher.set_state(self.publisher.topics.status(s.name), _json(st), retain=cfg.mqtt.retain.status)
+            self.publisher.set_state(self.publisher.topics.status(s.name), json_bytes(st),
+                                     retain=cfg.mqtt.retain.status)
 
     def _publish_stats(self) -> dict:
         ps = self.pipeline.stats()
@@ -172,7 +168,7 @@ class Daemon:
                             self.publisher.stats() if self.publisher else None, self.started, self._source_fps())
         if self.publisher is not None:
             retain = self.loaded.config.mqtt.retain.stats
-            self.publisher.set_state(self.publisher.topics.stats, _json(msg), retain=retain)
+            self.publisher.set_state(self.publisher.topics.stats, json_bytes(msg), retain=retain)
             self._publish_status()
         else:
             log.info("stats: %s fps, %s frames, dropped %s", msg["fps"], msg["processed"], msg["dropped"])
