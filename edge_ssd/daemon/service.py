@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..model.bundle import fingerprint
 from ..publish.messages import SCHEMA, json_bytes
 from ..publish.topics import Topics
 from .config import Config, ConfigError, LoadedConfig, load_config
@@ -49,6 +50,7 @@ class Daemon:
         self.spool = None
         self.publisher = None
         self.mqtt_sink = None
+        self.model_sha: str | None = None  # fingerprint of the loaded model (reload compares it)
         self.ready = False
         self.started = time.monotonic()
 
@@ -84,6 +86,7 @@ class Daemon:
         logging.getLogger().setLevel(cfg.log_level.upper())
         if not (reuse_detector and self.detector is not None):
             self.notifier.status(f"loading model {cfg.model.bundle}")
+            self.model_sha = fingerprint(cfg.model.bundle)
             self.detector = load_detector(cfg.model.bundle, backend=cfg.model.backend, threads=cfg.model.threads)
         det = self.detector
         sinks = []
@@ -164,8 +167,9 @@ class Daemon:
 
     def _publish_stats(self) -> dict:
         ps = self.pipeline.stats()
-        msg = stats_message(self.loaded.config.device, ps, self.spool.stats() if self.spool else None,
-                            self.publisher.stats() if self.publisher else None, self.started, self._source_fps())
+        spool = self.spool.stats() if self.spool is not None else None
+        mqtt = self.publisher.stats() if self.publisher is not None else None
+        msg = stats_message(self.loaded.config.device, ps, spool, mqtt, self.started, self._source_fps())
         if self.publisher is not None:
             retain = self.loaded.config.mqtt.retain.stats
             self.publisher.set_state(self.publisher.topics.stats, json_bytes(msg), retain=retain)
@@ -195,6 +199,11 @@ class Daemon:
             return
         log.info("reload: applying %s", self.config_path)
         same_model = self.loaded is not None and new.config.model == self.loaded.config.model
+        if same_model and fingerprint(new.config.model.bundle) != self.model_sha:
+            log.info("reload: %s changed on disk (sha256 %s -> %s): loading the new model",
+                     new.config.model.bundle, (self.model_sha or "?")[:12],
+                     (fingerprint(new.config.model.bundle) or "unreadable")[:12])
+            same_model = False
         self._stop_components(self.loaded.config.flush_timeout if self.loaded else 5.0)
         try:
             self._start(new, reuse_detector=same_model)

@@ -273,7 +273,12 @@ class MqttPublisher:
     def _set_disconnected(self) -> None:
         if self.connected:
             self.disconnects += 1
-            log.warning("mqtt: disconnected from %s:%d; spooling (%d queued)", self.host, self.port, len(self.spool))
+            if self._stop.is_set():  # our own clean disconnect at stop
+                log.info("mqtt: disconnected from %s:%d (stopping, %d left in the spool)", self.host, self.port,
+                         len(self.spool))
+            else:
+                log.warning("mqtt: disconnected from %s:%d; spooling (%d queued)", self.host, self.port,
+                            len(self.spool))
         self.connected = False
 
     # -- paho callbacks (run on the I/O thread, inside client.loop) -----------------------------------------
