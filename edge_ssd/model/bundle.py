@@ -190,6 +190,16 @@ def is_bundle(path: str | Path) -> bool:
     return (p.is_dir() and (p / MANIFEST).is_file()) or p.name == MANIFEST
 
 
+def fingerprint(path: str | Path) -> str | None:
+    """sha256 that changes whenever the model at ``path`` changes: the manifest's for a bundle (it holds the
+    model file's sha256, labels and post-processing), the file's for a bare .onnx / .tflite; None if unreadable."""
+    p = Path(path)
+    try:
+        return sha256_file(p / MANIFEST if p.is_dir() else p)
+    except OSError:
+        return None
+
+
 def load_manifest(path: str | Path, verify: bool = True) -> tuple[Manifest, Path]:
     """Load a bundle directory (or its manifest.json); return the manifest and the model file's path."""
     p = Path(path)
