@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import _debroot
+import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
