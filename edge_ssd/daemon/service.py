@@ -131,7 +131,8 @@ class Daemon:
             m.host, m.port, topics=topics, spool=self.spool, client_id=cfg.client_id(), username=m.username,
             password=loaded.password, tls=m.tls, keepalive=m.keepalive, qos=m.qos, min_delay=m.reconnect_min_delay,
             max_delay=m.reconnect_max_delay, inflight=m.inflight,
-            discovery_prefix=ha.discovery_prefix if ha.enabled else None)
+            discovery_prefix=ha.discovery_prefix if ha.enabled else None, protocol=m.protocol,
+            expiry={"detections": m.expiry.detections, "events": m.expiry.events})
         count_labels = {s.name: labels_for_source(cfg, i, det.labels) if (ha.enabled or s.labels.include) else []
                         for i, s in enumerate(cfg.sources)}
         if ha.enabled:
