@@ -17,6 +17,7 @@ When every source is finite (files, folders) and has ended, the daemon flushes a
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ from ..errors import UserError
 from ..model.bundle import fingerprint
 from ..publish.messages import json_bytes
 from ..publish.topics import Topics
-from .config import Config, ConfigError, LoadedConfig, load_config
+from .config import Config, ConfigError, LoadedConfig, load_config, source_rules, tracker_settings
 from .health import Watchdog, source_status, starting_status, stats_message
 from .sdnotify import Notifier, watchdog_interval
 
@@ -50,6 +51,7 @@ class Daemon:
         self.spool = None
         self.publisher = None
         self.mqtt_sink = None
+        self.hub = None
         self.model_sha: str | None = None  # fingerprint of the loaded model (reload compares it)
         self.ready = False
         self.started = time.monotonic()
@@ -79,6 +81,8 @@ class Daemon:
     def _start(self, loaded: LoadedConfig, reuse_detector: bool = False) -> None:
         from ..capture import source_kind
         from ..publish.filesink import FileSink
+        from ..publish.hub import Hub
+        from ..publish.identity import MessageIds
         from ..publish.stdout import StdoutSink
         from ..runtime import Pipeline, load_detector
 
@@ -89,18 +93,24 @@ class Daemon:
             self.model_sha = fingerprint(cfg.model.bundle)
             self.detector = load_detector(cfg.model.bundle, backend=cfg.model.backend, threads=cfg.model.threads)
         det = self.detector
-        sinks = []
+        outputs = []
         if cfg.sinks.file:
             f = cfg.sinks.file
-            sinks.append(FileSink(f.path, cfg.device, max_bytes=f.max_bytes, backups=f.backups))
+            outputs.append(FileSink(f.path, max_bytes=f.max_bytes, backups=f.backups))
         if cfg.stdout_enabled:
-            sinks.append(StdoutSink(cfg.device))
+            outputs.append(StdoutSink())
         if cfg.mqtt:
-            sinks.append(self._start_mqtt(loaded, det))
+            outputs.append(self._start_mqtt(loaded, det))
+        # the run counter lives beside the spool; a stdout/file-only run without a state directory gets a random run
+        keep = cfg.mqtt or cfg.spool.dir or os.environ.get("STATE_DIRECTORY")
+        ids = MessageIds(cfg.spool.resolved_dir() if keep else None)
+        self.hub = Hub(cfg.device, ids, outputs, rules=source_rules(cfg),
+                       tracking=tracker_settings(cfg))
         process_all = all(source_kind(s.url) in ("file", "images") and not s.loop for s in cfg.sources)
-        self.pipeline = Pipeline(det, self._pipeline_sources(cfg, det.labels), sinks, process_all=process_all)
+        self.pipeline = Pipeline(det, self._pipeline_sources(cfg, det.labels), [self.hub], process_all=process_all)
         self.pipeline.start()
         self.loaded = loaded
+        log.info("publishing as run %s (message ids %s-<n>)", self.hub.ids.run, self.hub.ids.run)
 
     def _start_mqtt(self, loaded: LoadedConfig, det):
         from ..publish.homeassistant import DeviceDiscovery, labels_for_source
@@ -126,8 +136,10 @@ class Daemon:
         for s in cfg.sources:  # every field the status carries, null until measured (Home Assistant: unknown)
             self.publisher.set_state(topics.status(s.name), json_bytes(starting_status(s.name)),
                                      retain=m.retain.status)
-        self.mqtt_sink = MqttSink(self.publisher, cfg.device, count_labels=count_labels,
+        self.mqtt_sink = MqttSink(self.publisher, count_labels=count_labels,
+                                  zones={s.name: {z.name: z.labels for z in s.zones} for s in cfg.sources},
                                   retain_counts=m.retain.counts, retain_detections=m.retain.detections,
+                                  detections=m.detections, events=m.events,
                                   snapshots={s.name for s in cfg.sources if s.snapshot})
         self.publisher.start()
         return self.mqtt_sink
@@ -144,7 +156,7 @@ class Daemon:
                             len(self.spool), self.spool.dir)
         if self.spool is not None:
             self.spool.close()
-        self.pipeline = self.publisher = self.spool = self.mqtt_sink = None
+        self.pipeline = self.publisher = self.spool = self.mqtt_sink = self.hub = None
         return drained
 
     # -- periodic work --------------------------------------------------------------------------------------
@@ -243,6 +255,7 @@ class Daemon:
                 why = "" if p.processed else f" (no frame within {READY_TIMEOUT:.0f} s)"
                 log.info("ready: model loaded, %d frame(s) processed%s", p.processed, why)
                 self.notifier.ready(f"running{why}: {self._status_line()}")
+            self.hub.tick()
             if self.watchdog.due(p.last_progress, now):
                 self.notifier.watchdog()
             if now >= next_status:

@@ -3,9 +3,9 @@
 One retained message per daemon on ``<discovery_prefix>/device/edge_ssd_<device>/config`` carries the device
 (``dev``), the origin (``o``: name, sw_version, support_url), the shared availability (``avty``) and the
 components (``cmps``). Per source: an occupancy ``binary_sensor`` for any object and one per count label, the
-object count and one count ``sensor`` per label, an ``image`` of the snapshot topic when ``snapshot: true``,
-and diagnostics (status as an ``enum`` sensor, FPS, inference time as a ``duration`` in ms); per device: the
-spool backlog. Every component has a stable ``unique_id`` (``edge_ssd_<device>_<key>``) and a
+object count and one count ``sensor`` per label, the same per zone, an ``image`` of the snapshot topic when
+``snapshot: true``, and diagnostics (status as an ``enum`` sensor, FPS, inference time as a ``duration`` in
+ms); per device: the spool backlog. Every component has a stable ``unique_id`` (``edge_ssd_<device>_<key>``) and a
 ``default_entity_id`` (``<platform>.edge_ssd_<device>_<key>``); ``object_id`` (deprecated in Home Assistant
 2025.10) is never sent. The component keys are the object ids of the earlier per-entity discovery, so the
 discovery ids, unique ids and entity ids of an upgraded install stay the same.
@@ -85,6 +85,16 @@ def _source_components(cfg: Config, i: int, topics: Topics, labels: list[str]) -
                                       "value_template": OCCUPIED}
         out[f"{s}_{ls}_count"] = {"p": "sensor", "name": f"{n} {label} count",
                                   "state_topic": topics.count(n, label), **COUNT}
+    for z in src.zones:  # a zone: its occupancy and count, and a count per label it is limited to
+        zs = f"{s}_{slug(z.name)}_zone"
+        out[f"{zs}_occupancy"] = {"p": "binary_sensor", "name": f"{n} {z.name} occupancy",
+                                  "device_class": "occupancy", "state_topic": topics.zone_count(n, z.name),
+                                  "value_template": OCCUPIED}
+        out[f"{zs}_count"] = {"p": "sensor", "name": f"{n} {z.name} objects",
+                              "state_topic": topics.zone_count(n, z.name), **COUNT}
+        for label in z.labels or []:
+            out[f"{zs}_{slug(label)}_count"] = {"p": "sensor", "name": f"{n} {z.name} {label} count",
+                                                "state_topic": topics.zone_count(n, z.name, label), **COUNT}
     if src.snapshot:
         out[f"{s}_snapshot"] = {"p": "image", "name": f"{n} snapshot", "image_topic": topics.snapshot(n),
                                 "content_type": "image/jpeg"}
