@@ -415,6 +415,14 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     return parse_config(text, p, env)
 
 
+def config_schema() -> dict[str, Any]:
+    """The config file's JSON Schema (draft 2020-12), from the models above: what ``config check`` enforces,
+    except the checks that need the file system (password_file, TLS files)."""
+    schema = Config.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "edge-ssd daemon config",
+            **{k: v for k, v in schema.items() if k != "title"}}
+
+
 def source_rules(cfg: Config) -> dict[str, SourceRules]:
     """Per source: the label filters and zones as the publishing side uses them."""
     out = {}

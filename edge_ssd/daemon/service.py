@@ -52,6 +52,7 @@ class Daemon:
         self.publisher = None
         self.mqtt_sink = None
         self.hub = None
+        self.metrics = None  # the Prometheus endpoint (metrics: section), kept across reloads
         self.model_sha: str | None = None  # fingerprint of the loaded model (reload compares it)
         self.ready = False
         self.started = time.monotonic()
@@ -106,6 +107,8 @@ class Daemon:
         ids = MessageIds(cfg.spool.resolved_dir() if keep else None)
         self.hub = Hub(cfg.device, ids, outputs, rules=source_rules(cfg),
                        tracking=tracker_settings(cfg))
+        if self.metrics is not None:
+            self.hub.observer = self.metrics.observe
         process_all = all(source_kind(s.url) in ("file", "images") and not s.loop for s in cfg.sources)
         self.pipeline = Pipeline(det, self._pipeline_sources(cfg, det.labels), [self.hub], process_all=process_all)
         self.pipeline.start()
@@ -177,11 +180,22 @@ class Daemon:
             self.publisher.set_state(self.publisher.topics.status(s.name), json_bytes(st),
                                      retain=cfg.mqtt.retain.status)
 
-    def _publish_stats(self) -> dict:
-        ps = self.pipeline.stats()
+    def stats(self) -> dict | None:
+        """The stats message (the stats topic and the metrics endpoint); None while (re)starting."""
+        pipeline, hub = self.pipeline, self.hub
+        if pipeline is None or hub is None or self.loaded is None:
+            return None
         spool = self.spool.stats() if self.spool is not None else None
         mqtt = self.publisher.stats() if self.publisher is not None else None
-        msg = stats_message(self.loaded.config.device, ps, spool, mqtt, self.started, self._source_fps())
+        msg = stats_message(self.loaded.config.device, pipeline.stats(), spool, mqtt, self.started,
+                            self._source_fps())
+        e2e = hub.e2e_ms.summary()
+        msg["latency_e2e_ms"] = {"p50": e2e["p50"], "p95": e2e["p95"]}
+        msg["events"] = hub.events
+        return msg
+
+    def _publish_stats(self) -> dict:
+        msg = self.stats()
         if self.publisher is not None:
             retain = self.loaded.config.mqtt.retain.stats
             self.publisher.set_state(self.publisher.topics.stats, json_bytes(msg), retain=retain)
@@ -210,6 +224,8 @@ class Daemon:
             self.notifier.notify("READY=1", "STATUS=reload failed: " + e.problems[0])
             return
         log.info("reload: applying %s", self.config_path)
+        if self.loaded is not None and new.config.metrics != self.loaded.config.metrics:
+            log.warning("reload: the metrics section changed; it takes effect at the next restart")
         same_model = self.loaded is not None and new.config.model == self.loaded.config.model
         if same_model and fingerprint(new.config.model.bundle) != self.model_sha:
             log.info("reload: %s changed on disk (sha256 %s -> %s): loading the new model",
@@ -233,6 +249,11 @@ class Daemon:
     def run(self) -> int:
         loaded = load_config(self.config_path)
         self._signals()
+        if loaded.config.metrics:
+            from .metrics import Metrics
+
+            mc = loaded.config.metrics
+            self.metrics = Metrics(mc.port, mc.host, self.stats).start()
         log.info("edge-ssd daemon starting: device %s, %d source(s)%s", loaded.config.device,
                  len(loaded.config.sources),
                  f", mqtt {loaded.config.mqtt.host}:{loaded.config.mqtt.port}" if loaded.config.mqtt else "")
@@ -275,6 +296,8 @@ class Daemon:
             if self.publisher is not None:
                 self._publish_stats()
         drained = self._stop_components(self.loaded.config.flush_timeout)
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("stopped%s", "" if drained else " (spool not empty)")
         self.notifier.close()
         return 0

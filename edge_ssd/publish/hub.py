@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,7 +57,8 @@ class Hub:
         self._lock = threading.Lock()
         self.e2e_ms = Rolling()  # capture -> handed to every output, per frame
         self.events = 0
-        self.on_latency = None  # optional callable(seconds): the metrics histogram
+        # optional callable(source, inference_s, e2e_s) per frame: the metrics histograms
+        self.observer: Callable[[str, float, float], None] | None = None
         self.output_errors: Counter[str] = Counter()
 
     def _tracker(self, source: str) -> Tracker:
@@ -76,8 +78,8 @@ class Hub:
                                   self._counts(r.source, rules)))
         lat = max(0.0, time.time() - r.ts)
         self.e2e_ms.add(lat * 1000)
-        if self.on_latency is not None:
-            self.on_latency(lat)
+        if self.observer is not None:
+            self.observer(r.source, r.inference_ms / 1000, lat)
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
