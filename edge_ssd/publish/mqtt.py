@@ -77,6 +77,7 @@ class MqttPublisher:
         self.last_error: str | None = None
         self._logged_errors: set[str] = set()
         self._offline_acked = False
+        self._subs: dict[str, object] = {}  # topic -> callback(topic, payload, retained), see subscribe()
 
     # -- producer API (any thread) ------------------------------------------------------------------------
     def publish_durable(self, topic: str, payload: bytes, qos: int | None = None, retain: bool = False) -> bool:
@@ -115,6 +116,12 @@ class MqttPublisher:
         with self._lock:
             self._live.append((topic, payload, qos, retain))
         return True
+
+    def subscribe(self, topic: str, callback) -> None:
+        """Deliver messages on ``topic`` (exact name, QoS 1, subscribed again after every connect) to
+        ``callback(topic, payload, retained)``. It runs on the I/O thread: it must return quickly."""
+        with self._lock:
+            self._subs[topic] = callback
 
     def stats(self) -> dict:
         return {"connected": self.connected, "connects": self.connects, "disconnects": self.disconnects,
@@ -297,6 +304,10 @@ class MqttPublisher:
         if self.discovery_prefix:
             client.subscribe(f"{self.discovery_prefix}/status", qos=1)
         with self._lock:
+            subs = list(self._subs)
+        for topic in subs:
+            client.subscribe(topic, qos=1)
+        with self._lock:
             self._announce = True  # discovery, availability and every state topic again
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -311,6 +322,13 @@ class MqttPublisher:
             self.acked += 1
 
     def _on_message(self, client, userdata, msg) -> None:
+        cb = self._subs.get(msg.topic)
+        if cb is not None:
+            try:
+                cb(msg.topic, bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                log.exception("mqtt: handler for %s failed", msg.topic)
+            return
         if self.discovery_prefix and msg.topic == f"{self.discovery_prefix}/status":
             if msg.payload.strip().lower() == b"online":
                 log.info("mqtt: Home Assistant came online: re-announcing discovery and state")
