@@ -10,7 +10,7 @@ from _broker import Broker, Collector, have_mosquitto
 from _broker import wait as _wait
 
 from edge_ssd.daemon.config import parse_config
-from edge_ssd.publish.homeassistant import discovery_messages
+from edge_ssd.publish.homeassistant import DeviceDiscovery
 from edge_ssd.publish.mqtt import MqttPublisher
 from edge_ssd.publish.spool import Spool
 from edge_ssd.publish.topics import Topics
@@ -35,7 +35,7 @@ def make_pub(port, tmp_path):
     t = Topics("edge-ssd", "dev1")
     pub = MqttPublisher("127.0.0.1", port, topics=t, spool=Spool(tmp_path / "spool"), client_id="dev1-test",
                         min_delay=0.1, max_delay=0.5, discovery_prefix="homeassistant")
-    pub.set_discovery(discovery_messages(cfg, t, ["BACKGROUND", "person", "car"], "m"))
+    pub.set_discovery(DeviceDiscovery.for_config(cfg, t, ["BACKGROUND", "person", "car"], "m"))
     return pub, t
 
 
@@ -50,9 +50,11 @@ def test_state_republished_after_broker_restart_without_persistence(tmp_path):
     assert wait(lambda: pub.connected and pub.connects >= 2, 20)
     late = Collector(b.port, ["edge-ssd/#", "homeassistant/#"]).start()
     assert wait(lambda: late.on("/cam/person/count") == [b"2"] and late.on("/available") == [b"online"])
-    configs = [json.loads(p) for p in late.on("/config")]
-    assert {c["unique_id"] for c in configs} >= {"edge_ssd_dev1_cam_person_count", "edge_ssd_dev1_cam_car_count",
-                                                  "edge_ssd_dev1_cam_occupancy", "edge_ssd_dev1_cam_fps"}
+    configs = [json.loads(p) for p in late.on("homeassistant/device/edge_ssd_dev1/config")]
+    assert len(configs) == 1
+    assert {c["unique_id"] for c in configs[0]["cmps"].values()} >= {
+        "edge_ssd_dev1_cam_person_count", "edge_ssd_dev1_cam_car_count", "edge_ssd_dev1_cam_occupancy",
+        "edge_ssd_dev1_cam_fps"}
     late.stop()
     pub.stop(2)
     b.stop()
@@ -63,7 +65,7 @@ def test_homeassistant_online_triggers_reannounce(tmp_path):
         pub, t = make_pub(b.port, tmp_path)
         pub.start()
         assert pub.wait_connected(10)
-        col = Collector(b.port, ["homeassistant/+/+/+/config"]).start()
+        col = Collector(b.port, ["homeassistant/device/+/config"]).start()
         assert wait(lambda: len(col.on("/config")) > 0)
         n = len(col.on("/config"))
         import paho.mqtt.client as mqtt
@@ -72,7 +74,7 @@ def test_homeassistant_online_triggers_reannounce(tmp_path):
         c.connect("127.0.0.1", b.port)
         c.loop_start()
         c.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
-        assert wait(lambda: len(col.on("/config")) >= 2 * n)  # every config announced again
+        assert wait(lambda: len(col.on("/config")) >= 2 * n)  # the device message announced again
         c.loop_stop()
         col.stop()
         pub.stop(2)

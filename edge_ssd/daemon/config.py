@@ -192,6 +192,8 @@ class HomeAssistantConfig(_Strict):
     enabled: bool = True
     discovery_prefix: str = Field(default="homeassistant", pattern=r"^[^#+]+$")
     labels: list[str] | None = None  # count sensors for these labels (default: the sources' include lists)
+    support_url: str | None = Field(default=None, pattern=r"^https?://", description="origin support URL shown "
+                                    "by Home Assistant (default: the project's)")
 
 
 class TrackingConfig(_Strict):

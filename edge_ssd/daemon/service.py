@@ -28,10 +28,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..model.bundle import fingerprint
-from ..publish.messages import SCHEMA, json_bytes
+from ..publish.messages import json_bytes
 from ..publish.topics import Topics
 from .config import Config, ConfigError, LoadedConfig, load_config, source_rules, tracker_settings
-from .health import Watchdog, source_status, stats_message
+from .health import Watchdog, source_status, starting_status, stats_message
 from .sdnotify import Notifier, watchdog_interval
 
 log = logging.getLogger("edge_ssd.daemon")
@@ -131,7 +131,7 @@ class Daemon:
         log.info("publishing as run %s (message ids %s-<n>)", self.hub.ids.run, self.hub.ids.run)
 
     def _start_mqtt(self, loaded: LoadedConfig, det):
-        from ..publish.homeassistant import discovery_messages, labels_for_source
+        from ..publish.homeassistant import DeviceDiscovery, labels_for_source
         from ..publish.mqtt import MqttPublisher, MqttSink
         from ..publish.spool import Spool
 
@@ -150,9 +150,9 @@ class Daemon:
         count_labels = {s.name: labels_for_source(cfg, i, det.labels) if (ha.enabled or s.labels.include) else []
                         for i, s in enumerate(cfg.sources)}
         if ha.enabled:
-            self.publisher.set_discovery(discovery_messages(cfg, topics, det.labels, det.name))
-        for s in cfg.sources:
-            self.publisher.set_state(topics.status(s.name), json_bytes({"schema": SCHEMA, "state": "starting"}),
+            self.publisher.set_discovery(DeviceDiscovery.for_config(cfg, topics, det.labels, det.name))
+        for s in cfg.sources:  # every field the status carries, null until measured (Home Assistant: unknown)
+            self.publisher.set_state(topics.status(s.name), json_bytes(starting_status(s.name)),
                                      retain=m.retain.status)
         if self.rollout is not None:
             self.publisher.subscribe(topics.model_set, self.rollout.on_command("device"))
