@@ -88,6 +88,7 @@ class MqttPublisher:
         self.last_error: str | None = None
         self._logged_errors: set[str] = set()
         self._offline_acked = False
+        self._subs: dict[str, object] = {}  # topic -> callback(topic, payload, retained), see subscribe()
 
     # -- producer API (any thread) ------------------------------------------------------------------------
     def publish_durable(self, topic: str, payload: bytes, qos: int | None = None, retain: bool = False) -> bool:
@@ -127,6 +128,12 @@ class MqttPublisher:
         with self._lock:
             self._live.append((topic, payload, qos, retain))
         return True
+
+    def subscribe(self, topic: str, callback) -> None:
+        """Deliver messages on ``topic`` (exact name, QoS 1, subscribed again after every connect) to
+        ``callback(topic, payload, retained)``. It runs on the I/O thread: it must return quickly."""
+        with self._lock:
+            self._subs[topic] = callback
 
     def stats(self) -> dict:
         return {"connected": self.connected, "connects": self.connects, "disconnects": self.disconnects,
@@ -350,6 +357,7 @@ class MqttPublisher:
                  self.client_id, len(self.spool))
         subs = [(f"{self.discovery_prefix}/status", 1)] if self.discovery_prefix else []
         with self._lock:
+            subs += [(topic, 1) for topic in self._subs]
             self._announce = True  # discovery, availability and every state topic again
             if self._discovery is not None:
                 # read back what the broker retained first: removed components, entities to migrate
@@ -374,6 +382,13 @@ class MqttPublisher:
             self._hold_announce = min(self._hold_announce, time.monotonic() + 0.3)
 
     def _on_message(self, client, userdata, msg) -> None:
+        cb = self._subs.get(msg.topic)
+        if cb is not None:
+            try:
+                cb(msg.topic, bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                log.exception("mqtt: handler for %s failed", msg.topic)
+            return
         disc = self._discovery
         if disc is not None and msg.retain and msg.topic == disc.topic:
             if disc.merge_retained(bytes(msg.payload)):
