@@ -18,7 +18,7 @@ def bundle(tmp_path_factory):
 
 
 def test_run_bench_covers_each_backend_and_stage(bundle):
-    res = run_bench([str(bundle)], [str(FACE_ONNX)], frames=5, warmup=1, threads=[1], rss=True)
+    res = run_bench([str(bundle)], [str(FACE_ONNX)], frames=5, warmup=1, threads=[1], rss=True, e2e_seconds=2)
     backends = {r["backend"] for r in res["rows"]}
     assert {"litert", "onnxruntime"} <= backends
     for r in res["rows"]:
@@ -29,8 +29,11 @@ def test_run_bench_covers_each_backend_and_stage(bundle):
         assert r["pipeline_vs_bare"] == pytest.approx(r["pipeline_fps"] / r["bare_fps"], rel=1e-2)
     assert res["rss"]["rss_mb"] > 10 and res["rss"]["processed"] == 5
     assert res["nms_3000x21_ms"]["shape"] == [3000, 21]
+    e = res["e2e"]  # live mode, capture -> published, next to the frame's own processing time
+    assert e["backend"] == "litert" and e["e2e_ms"]["n"] > 0 and e["e2e_ms"]["p95"] >= e["e2e_ms"]["p50"] > 0
+    assert e["processing_ms_p50"] > 0 and e["e2e_p50_vs_processing"] > 0
     table = format_table(res)
-    assert table.count("\n| ") >= 2 and "3000x21" in table
+    assert table.count("\n| ") >= 2 and "3000x21" in table and "end-to-end latency" in table
 
 
 def test_nms_bench_finds_the_planted_objects():
@@ -41,7 +44,8 @@ def test_nms_bench_finds_the_planted_objects():
 def test_bench_cli_json_and_plot(bundle, tmp_path):
     png = tmp_path / "lat.png"
     r = subprocess.run([sys.executable, "-m", "edge_ssd", "bench", "-m", str(bundle), "-n", "3", "--warmup", "1",
-                        "--no-rss", "--no-pipeline", "--backends", "litert", "--json", "--plot", str(png)],
+                        "--no-rss", "--no-pipeline", "--backends", "litert", "--json", "--plot", str(png),
+                        "--e2e-fps", "0"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)

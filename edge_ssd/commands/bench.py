@@ -27,6 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("--image", help="frame to run on (default: a photo from the shared data, else noise)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the pipeline-vs-bare measurement")
     p.add_argument("--no-rss", action="store_true", help="skip the resident memory measurement (a subprocess)")
+    p.add_argument("--e2e-fps", type=float, default=30.0,
+                   help="camera rate for the end-to-end latency measurement (live mode, capture -> published); "
+                        "0 skips it")
+    p.add_argument("--e2e-seconds", type=float, default=10.0, help="length of the end-to-end measurement")
     p.add_argument("--plot", metavar="PNG", help="write a latency plot")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
@@ -248,7 +252,8 @@ def plot_results(rows: list[dict], path: str) -> None:
 
 def run_bench(models: list[str], onnx: list[str] = (), labels: str | None = None, frames: int = 200,
               warmup: int = 10, threads: list[int | None] = (None,), backends: list[str] | None = None,
-              image: str | None = None, pipeline: bool = True, rss: bool = True) -> dict:
+              image: str | None = None, pipeline: bool = True, rss: bool = True, e2e_fps: float = 30.0,
+              e2e_seconds: float = 10.0) -> dict:
     """Everything ``edge-ssd bench`` measures, as a dict (``rows`` per model/backend/threads)."""
     from pathlib import Path
 
@@ -303,6 +308,13 @@ def run_bench(models: list[str], onnx: list[str] = (), labels: str | None = None
     out = {"frame": list(frame.shape), "frames": frames, "rows": rows, "skipped": skipped,
            "nms_3000x21_ms": bench_nms(frames=frames),
            "backends": list(avail.values())}
+    if e2e_fps > 0 and rows:
+        from ..daemon.latency import bench_e2e
+
+        r = next((r for r in rows if r["backend"] != "onnxruntime"), rows[0])  # the device case first
+        det = load_detector(r["path"], backend=r["backend"], threads=None if r["threads"] == "default"
+                            else r["threads"], labels=labels)
+        out["e2e"] = {"model": r["path"], "backend": r["backend"], **bench_e2e(det, frame, e2e_fps, e2e_seconds)}
     if rss:
         # the device case: an int8 bundle on a TFLite runtime if one was given
         tfl = [r for r in rows if r["backend"] != "onnxruntime"]
@@ -336,6 +348,12 @@ def format_table(res: dict) -> str:
         r = res["rss"]
         lines.append(f"resident memory of a pipeline process ({r.get('backend')}, {r.get('model')}): "
                      f"{r.get('rss_mb', r.get('error'))} MB")
+    if "e2e" in res:
+        e = res["e2e"]
+        lines.append(f"end-to-end latency, live mode ({e['backend']}, camera {e['camera_fps']:g} fps, processed "
+                     f"{e['processed_fps']} fps): capture -> published p50 {f(e['e2e_ms']['p50'])} ms, p95 "
+                     f"{f(e['e2e_ms']['p95'])} ms; the frame's own processing p50 {f(e['processing_ms_p50'])} ms "
+                     f"(ratio {f(e['e2e_p50_vs_processing'], 2)})")
     for s in res.get("skipped", []):
         lines.append(f"skipped {s['model']} on {s['backend']}: {s['error']}")
     return "\n".join(lines)
@@ -358,7 +376,8 @@ def run(args) -> int:
     if args.frames < 1:
         raise UserError("--frames must be at least 1")
     res = run_bench(args.model, args.onnx, args.labels, args.frames, args.warmup, threads, backends, args.image,
-                    pipeline=not args.no_pipeline, rss=not args.no_rss)
+                    pipeline=not args.no_pipeline, rss=not args.no_rss, e2e_fps=args.e2e_fps,
+                    e2e_seconds=args.e2e_seconds)
     if args.plot and res["rows"]:
         plot_results(res["rows"], args.plot)
         res["plot"] = args.plot
