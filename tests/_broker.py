@@ -161,6 +161,7 @@ class Collector:
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FACE_MODEL = SHARED / "models" / "ultralight-face" / "version-slim-320.onnx"
+FACE_LABELS = SHARED / "models" / "ultralight-face" / "voc-model-labels.txt"  # BACKGROUND, face
 
 
 def make_face_video(path: Path, frames: int = 40, size=(320, 240)) -> Path:

@@ -45,6 +45,8 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     bundle: str = Field(description="bundle directory (manifest.json + model.tflite) or an .onnx/.tflite file")
+    labels: str | None = Field(default=None, description="labels file (one per line, BACKGROUND first) for a "
+                               "bare .onnx/.tflite without labels; a bundle carries its own")
     threads: int = Field(default=2, ge=1, le=64)
     backend: Literal["auto", "litert", "tflite_runtime", "tensorflow", "edgetpu", "onnxruntime"] = "auto"
 

@@ -108,7 +108,8 @@ class Daemon:
             self.notifier.status(f"loading model {cfg.model.bundle}")
             bundle = self.rollout.bundle_for() if self.rollout else cfg.model.bundle
             self.model_sha = fingerprint(bundle)
-            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads)
+            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads,
+                                          labels=cfg.model.labels)
         det = self.detector
         outputs = []
         if cfg.sinks.file:
