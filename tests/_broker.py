@@ -158,9 +158,8 @@ class Collector:
 
 
 # -- daemon helpers ------------------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FACE_MODEL = SHARED / "models" / "ultralight-face" / "version-slim-320.onnx"
+from _paths import FACE_ONNX as FACE_MODEL  # noqa: E402,F401 (re-exported)
+from _paths import REPO, SHARED  # noqa: E402,F401 (re-exported)
 
 
 def make_face_video(path: Path, frames: int = 40, size=(320, 240)) -> Path:

@@ -126,14 +126,9 @@ def test_mb2_ssd_lite_converts_and_cut_is_exact(tmp_path):
 
 
 @pytest.mark.slow
-def test_trained_test_model_map_drop(tmp_path):
-    testmodel = pytest.importorskip("edge_ssd.train.testmodel")
-    from edge_ssd.convert.api import convert_model
-
-    tm = testmodel.get_test_model()
-    r = convert_model(tm.onnx_path, tmp_path / "tm.bundle", calib=[tm.dataset_dir], calib_split="train",
-                      val=[tm.dataset_dir], val_split="test", labels=list(tm.labels), progress=False)
-    maps = r.report["validation"]["map"]
+def test_trained_test_model_map_drop(test_model, test_model_int8_bundle):
+    tm, bundle_dir = test_model, test_model_int8_bundle
+    maps = json.loads((bundle_dir / "report.json").read_text())["validation"]["map"]
     assert maps, "the held-out split has ground truth, so mAP must be reported"
     m = next(iter(maps.values()))
     assert m["fp32_map_voc07"] > 0.1
@@ -143,7 +138,7 @@ def test_trained_test_model_map_drop(tmp_path):
     from edge_ssd.model.bundle import load_manifest
     from edge_ssd.runtime.detector import load_detector
 
-    man, _ = load_manifest(r.bundle_dir)
+    man, _ = load_manifest(bundle_dir)
     assert len(man.scores.parts) == 6 and len(man.boxes.parts) == 6
     assert sum(p.shape[1] for p in man.scores.parts) == 3000
     assert len({p.quant.scale for p in man.scores.parts}) > 1
@@ -151,7 +146,7 @@ def test_trained_test_model_map_drop(tmp_path):
     from edge_ssd.data.datasets import OpenImagesDataset
 
     ds = OpenImagesDataset(tm.dataset_dir, "test")
-    q8, fp = load_detector(r.bundle_dir, score_threshold=0.5), load_detector(tm.onnx_path, score_threshold=0.5)
+    q8, fp = load_detector(bundle_dir, score_threshold=0.5), load_detector(tm.onnx_path, score_threshold=0.5)
     agree = total = 0
     for i in range(20):
         img = ds.load_image(i)
