@@ -180,11 +180,11 @@ class Daemon:
 
     def _status_line(self) -> str:
         ps = self.pipeline.stats()
-        parts = [f"{ps['fps']:.1f} fps", f"{ps['processed']} frames"]
+        parts = [f"{ps.fps:.1f} fps", f"{ps.processed} frames"]
         if self.publisher is not None:
             parts.append("mqtt connected" if self.publisher.connected else "mqtt DISCONNECTED")
             parts.append(f"spool {len(self.spool)}")
-        bad = [n for n, s in ps["sources"].items() if s.get("status") not in ("ok", "ended")]
+        bad = [n for n, s in ps.sources.items() if s.status not in ("ok", "ended")]
         if bad:
             parts.append("waiting for " + ", ".join(bad))
         return ", ".join(parts)
