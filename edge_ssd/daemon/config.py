@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserError
+from ..runtime.backends import BackendChoice
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 DEFAULT_SPOOL_DIR = "/var/lib/edge-ssd/spool"
@@ -43,7 +44,7 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     bundle: str = Field(description="bundle directory (manifest.json + model.tflite) or an .onnx/.tflite file")
     threads: int = Field(default=2, ge=1, le=64)
-    backend: Literal["auto", "litert", "tflite_runtime", "tensorflow", "edgetpu", "onnxruntime"] = "auto"
+    backend: BackendChoice = "auto"
 
 
 class LabelFilter(_Strict):

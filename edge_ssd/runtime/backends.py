@@ -25,6 +25,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -32,8 +33,11 @@ from ..errors import DependencyError, UserError
 
 log = logging.getLogger(__name__)
 
-TFLITE_BACKENDS = ("litert", "tflite_runtime", "tensorflow")
-BACKENDS = (*TFLITE_BACKENDS, "edgetpu", "onnxruntime")
+# the one list of backends: the config (model.backend), the CLI (--backend) and bench validate against it
+BackendChoice = Literal["auto", "litert", "tflite_runtime", "tensorflow", "edgetpu", "onnxruntime"]
+BACKEND_CHOICES: tuple[str, ...] = get_args(BackendChoice)  # "auto" first
+BACKENDS = BACKEND_CHOICES[1:]
+TFLITE_BACKENDS = BACKENDS[:3]  # litert, tflite_runtime, tensorflow: tried in this order
 EDGETPU_LIB = "libedgetpu.so.1"
 
 _TFLITE_MODULES = {
@@ -234,24 +238,10 @@ class OnnxBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, model_path: str | Path, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise DependencyError("onnxruntime is not installed; `pip install onnxruntime` (or "
-                                  "`pip install edge-ssd[convert]`) to run .onnx models") from None
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
+        from .onnx import session
+
         self.threads = threads
-        try:
-            self.session = ort.InferenceSession(str(model_path), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as e:
-            first = str(e).strip().splitlines()[0][:200]
-            raise UserError(f"{model_path}: ONNX Runtime cannot load the model ({first}); "
-                            "check it is an exported .onnx file") from None
+        self.session = session(model_path, threads)
         ins = self.session.get_inputs()
         if len(ins) != 1:
             raise UserError(f"{model_path}: expected a model with one input, found {len(ins)}; "
