@@ -74,14 +74,13 @@ def test_model():
 
 @pytest.fixture(scope="session")
 def test_model_int8_bundle(tmp_path_factory, test_model) -> Path:
-    """The test model converted to int8 (its report.json holds the validation against fp32)."""
+    """The test model converted to int8, labels from its metadata (report.json: the validation against fp32)."""
 
     def build(folder: Path) -> Path:
         from edge_ssd.convert.api import convert_model
 
         r = convert_model(test_model.onnx_path, folder / "tm-int8.bundle", calib=[test_model.dataset_dir],
-                          calib_split="train", val=[test_model.dataset_dir], val_split="test",
-                          labels=list(test_model.labels), progress=False)
+                          calib_split="train", val=[test_model.dataset_dir], val_split="test", progress=False)
         assert r.ok, r.report.get("validation")
         return Path(r.bundle_dir)
 

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..publish.topics import SCHEMA
+from ..publish.messages import SCHEMA
 
 if TYPE_CHECKING:
     from ..runtime.pipeline import PipelineStats
@@ -47,12 +47,17 @@ class Watchdog:
         return True
 
 
-def source_status(name: str, pstats: PipelineStats, fps: float, inference_ms: float | None) -> dict:
-    s = pstats.sources.get(name)
+def source_status(name: str, pstats: PipelineStats | None, fps: float | None, inference_ms: float | None) -> dict:
+    s = pstats.sources.get(name) if pstats is not None else None
     return {"schema": SCHEMA, "state": s.status if s else "unknown", "fps": fps,
             "inference_ms": None if inference_ms is None else round(inference_ms, 2),
             "frames": s.processed if s else 0, "errors": s.errors if s else 0,
             "reconnects": s.reconnects if s else 0, "error": s.error if s else None}
+
+
+def starting_status(name: str) -> dict:
+    """The status of a source before its first frame: the same fields, nothing measured yet."""
+    return {**source_status(name, None, None, None), "state": "starting"}
 
 
 def stats_message(device: str, pstats: PipelineStats, spool: dict | None, mqtt: dict | None, started: float,

@@ -238,10 +238,10 @@ class OnnxBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, model_path: str | Path, threads: int | None = None):
-        from .onnx import session
+        from .onnx import onnx_session
 
         self.threads = threads
-        self.session = session(model_path, threads)
+        self.session = onnx_session(Path(model_path), threads=threads, source=model_path)
         ins = self.session.get_inputs()
         if len(ins) != 1:
             raise UserError(f"{model_path}: expected a model with one input, found {len(ins)}; "
@@ -286,5 +286,4 @@ def open_backend(model_path: str | Path, backend: str = "auto", threads: int | N
         edgetpu = backend == "edgetpu" or (backend == "auto" and p.stem.endswith("_edgetpu"))
         runtime = "auto" if backend in ("auto", "edgetpu") else backend
         b = TFLiteBackend(p, runtime=runtime, threads=threads, edgetpu=edgetpu, edgetpu_device=edgetpu_device)
-    log.info("inference backend: %s", b.describe())
     return b
