@@ -396,8 +396,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
     if lab.source == "placeholder":
         warnings.append(f"no labels found: classes are named {', '.join(lab.names[1:3])}...; pass --labels FILE")
     _prepare_out(out_dir, force)
-    work_ctx = tempfile.TemporaryDirectory(prefix="edge-ssd-convert-")
-    work = Path(work_ctx.name)
+    work = Path(tempfile.mkdtemp(prefix="edge-ssd-convert-"))
     try:
         return _convert(onnx_path, out_dir, work, model, info, norm, lab.names, plan, calib_images, val_images,
                         val_source, warnings, calib_count=calib_count, input_shape=input_shape, target=target,
@@ -407,7 +406,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         if keep_work:
             log.info("work directory kept: %s", work)
         else:
-            work_ctx.cleanup()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _convert(onnx_path, out_dir, work, model, info, norm, names, plan, calib_images, val_images, val_source,
