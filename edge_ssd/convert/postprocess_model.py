@@ -13,6 +13,8 @@ its flatbuffer (the object API of the TFLite schema that ships with ``ai-edge-li
 * scores: SOFTMAX or LOGISTIC (the bundle's score function); the background column first (the op drops it);
 * offsets: a GATHER into the op's (ty, tx, th, tw) order; priors as anchors (ycenter, xcenter, h, w); scales from
   the variances (1/0.1, 1/0.2 for pytorch-ssd);
+* pytorch-ssd's ``candidate_size`` (only the 200 best priors of a class enter NMS): scores below each class's
+  200th best are zeroed (TOPK_V2 and a mask), which the op itself cannot express;
 * ``TFLite_Detection_PostProcess`` with regular (per-class) NMS, as pytorch-ssd does.
 
 Nothing of the body is changed, so on the same pixels the body computes exactly what the bundle computes.
@@ -36,7 +38,8 @@ LABELMAP_FILE = "labelmap.txt"
 CUSTOM_OP = "TFLite_Detection_PostProcess"
 OUTPUT_NAMES = (CUSTOM_OP, f"{CUSTOM_OP}:1", f"{CUSTOM_OP}:2", f"{CUSTOM_OP}:3")  # as TF's exporter names them
 # the ops this module appends (the Edge TPU compiler leaves them on the CPU: float, or custom)
-TAIL_OPS = ("DEQUANTIZE", "CONCATENATION", "SOFTMAX", "LOGISTIC", "GATHER", "RESHAPE", CUSTOM_OP, "CUSTOM")
+TAIL_OPS = ("DEQUANTIZE", "CONCATENATION", "SOFTMAX", "LOGISTIC", "GATHER", "RESHAPE", "TRANSPOSE", "TOPK_V2", "SLICE",
+            "GREATER_EQUAL", "CAST", "MUL", CUSTOM_OP, "CUSTOM")
 # offsets order of pytorch-ssd's regression head (cx, cy, w, h), as positions of (ty, tx, th, tw)
 PYTORCH_SSD_OFFSETS = "cx,cy,w,h"
 
@@ -46,13 +49,16 @@ class PostprocessOptions:
     """Parameters of the ``TFLite_Detection_PostProcess`` op. ``score_threshold``: the op's
     ``nms_score_threshold``; lower than the bundle's so that Frigate's and pycoral's own thresholds decide (greedy
     NMS never lets a lower-scoring box suppress a higher one, so detections above the bundle's threshold are the
-    same). ``iou_threshold`` None: the bundle's."""
+    same). ``iou_threshold`` None: the bundle's; ``detections_per_class`` None: the bundle's ``candidate_size``
+    (pytorch-ssd keeps at most that many per class). ``max_detections``: TF's exporter uses 100, Frigate reads the
+    first 20; 200 keeps a crowd of faces whole."""
 
-    max_detections: int = 100
-    detections_per_class: int = 100
+    max_detections: int = 200
+    detections_per_class: int | None = None
     score_threshold: float = 0.3
     iou_threshold: float | None = None
     use_regular_nms: bool = True
+    candidate_size: int | None = None  # None: the bundle's; 0: no cap before NMS (the op's own behaviour)
 
 
 @dataclass
@@ -183,14 +189,14 @@ def tail_params(m: Manifest) -> dict:
     order = [1, 0, 3, 2]  # pytorch-ssd's head emits (cx, cy, w, h): ty at 1, tx at 0, th at 3, tw at 2
     return {"anchors": anchors, "scales": (1.0 / cv, 1.0 / cv, 1.0 / sv, 1.0 / sv), "order": order,
             "background": pp.background_class, "score_fn": pp.score_fn, "num_columns": len(m.labels),
-            "iou_threshold": float(pp.iou_threshold)}
+            "iou_threshold": float(pp.iou_threshold), "candidate_size": int(pp.candidate_size)}
 
 
-def _flex_options(opts: PostprocessOptions, num_classes: int, scales, iou: float) -> tuple[bytes, dict]:
+def _flex_options(opts: PostprocessOptions, num_classes: int, scales, iou: float, per_class: int) -> tuple[bytes, dict]:
     from flatbuffers import flexbuffers
 
     d = {"max_detections": int(opts.max_detections), "max_classes_per_detection": 1,
-         "detections_per_class": int(opts.detections_per_class), "use_regular_nms": bool(opts.use_regular_nms),
+         "detections_per_class": int(per_class), "use_regular_nms": bool(opts.use_regular_nms),
          "nms_score_threshold": float(opts.score_threshold), "nms_iou_threshold": float(iou),
          "num_classes": int(num_classes), "y_scale": float(scales[0]), "x_scale": float(scales[1]),
          "h_scale": float(scales[2]), "w_scale": float(scales[3])}
@@ -265,6 +271,47 @@ def _class_scores(g: _Graph, logits: int, score_fn: str, background: int | None,
     return out, ncol - 1
 
 
+def _const(g: _Graph, name: str, values, dtype=np.int32) -> int:
+    a = np.asarray(values, dtype)
+    code = g.s.TensorType.INT32 if a.dtype == np.int32 else g.s.TensorType.FLOAT32
+    return g.add_tensor(name, list(a.shape), code, a)
+
+
+def _candidate_cap(g: _Graph, probs: int, k: int) -> int:
+    """pytorch-ssd's ``candidate_size``: per class only the ``k`` best priors enter NMS. The op has no such cap,
+    so scores below each class's k-th best are zeroed first (TRANSPOSE, TOPK_V2, SLICE, GREATER_EQUAL, MUL)."""
+    s = g.s
+    _, n, c = (int(v) for v in g.tensor(probs).shape)
+    if k <= 0 or k >= n:
+        return probs
+    f32 = s.TensorType.FLOAT32
+    pt = g.add_tensor("scores/cap/transposed", [1, c, n], f32)
+    g.add_op("TRANSPOSE", [probs, _const(g, "scores/cap/perm", [0, 2, 1])], [pt], options=s.TransposeOptionsT(),
+             options_type=s.BuiltinOptions.TransposeOptions)
+    vals = g.add_tensor("scores/cap/topk_values", [1, c, k], f32)
+    idx = g.add_tensor("scores/cap/topk_indices", [1, c, k], s.TensorType.INT32)
+    g.add_op("TOPK_V2", [pt, _const(g, "scores/cap/k", k)], [vals, idx], options=s.TopKV2OptionsT(),
+             options_type=s.BuiltinOptions.TopKV2Options)
+    kth = g.add_tensor("scores/cap/kth", [1, c, 1], f32)
+    g.add_op("SLICE", [vals, _const(g, "scores/cap/begin", [0, 0, k - 1]), _const(g, "scores/cap/size", [1, c, 1])],
+             [kth], options=s.SliceOptionsT(), options_type=s.BuiltinOptions.SliceOptions)
+    kth_row = g.add_tensor("scores/cap/kth_row", [1, 1, c], f32)
+    ro = s.ReshapeOptionsT()
+    ro.newShape = [1, 1, c]
+    g.add_op("RESHAPE", [kth, _const(g, "scores/cap/row_shape", [1, 1, c])], [kth_row], options=ro,
+             options_type=s.BuiltinOptions.ReshapeOptions)
+    keep = g.add_tensor("scores/cap/keep", [1, n, c], s.TensorType.BOOL)
+    g.add_op("GREATER_EQUAL", [probs, kth_row], [keep], options=s.GreaterEqualOptionsT(),
+             options_type=s.BuiltinOptions.GreaterEqualOptions)
+    keep_f = g.add_tensor("scores/cap/keep_float", [1, n, c], f32)
+    co = s.CastOptionsT()
+    co.inDataType, co.outDataType = s.TensorType.BOOL, f32
+    g.add_op("CAST", [keep], [keep_f], options=co, options_type=s.BuiltinOptions.CastOptions)
+    out = g.add_tensor("scores/capped", [1, n, c], f32)
+    g.add_op("MUL", [probs, keep_f], [out], options=s.MulOptionsT(), options_type=s.BuiltinOptions.MulOptions)
+    return out
+
+
 def _raw_input(g: _Graph, m: Manifest) -> tuple[str, float | None, int | None, bool, str]:
     """Put a uint8 raw-pixel input in front of the body when the normalisation allows it."""
     s = g.s
@@ -337,10 +384,13 @@ def build_postprocess_model(bundle_dir, out_path=None, options: PostprocessOptio
         raise UserError(f"scores ({n}), boxes ({g.tensor(offsets).shape[1]}) and priors ({tp['anchors'].shape[0]}) "
                         "disagree in the bundle; re-run `edge-ssd convert`")
     probs, num_classes = _class_scores(g, logits, tp["score_fn"], tp["background"], g.tensor(logits).shape[2])
+    cap = opts.candidate_size if opts.candidate_size is not None else tp["candidate_size"]
+    probs = _candidate_cap(g, probs, cap)
     enc = _gather(g, offsets, tp["order"], "boxes/tytxthtw")
     anchors = g.add_tensor("anchors", [n, 4], s.TensorType.FLOAT32, tp["anchors"])
     iou = opts.iou_threshold if opts.iou_threshold is not None else tp["iou_threshold"]
-    flex, op_opts = _flex_options(opts, num_classes, tp["scales"], iou)
+    per_class = opts.detections_per_class or (tp["candidate_size"] if tp["candidate_size"] > 0 else opts.max_detections)
+    flex, op_opts = _flex_options(opts, num_classes, tp["scales"], iou, per_class)
     k = int(opts.max_detections)
     outs = [g.add_tensor(OUTPUT_NAMES[0], [1, k, 4], s.TensorType.FLOAT32),
             g.add_tensor(OUTPUT_NAMES[1], [1, k], s.TensorType.FLOAT32),
