@@ -339,12 +339,6 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     return parse_config(text, p, env)
 
 
-def slug(label: str) -> str:
-    """A label as an MQTT topic level / Home Assistant object id: lowercase, [a-z0-9_] only."""
-    s = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
-    return s or "unknown"
-
-
 def as_dict(cfg: Config) -> dict[str, Any]:
     d = cfg.model_dump()
     if d.get("mqtt"):

@@ -6,7 +6,7 @@ import os
 import time
 
 from .. import __version__
-from ..publish.topics import SCHEMA
+from ..publish.messages import SCHEMA
 
 
 def rss_bytes() -> int:

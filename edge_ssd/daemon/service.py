@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..model.bundle import fingerprint
+from ..publish.messages import SCHEMA, json_bytes
 from ..publish.topics import Topics
 from .config import Config, ConfigError, LoadedConfig, load_config
 from .health import Watchdog, source_status, stats_message
@@ -33,12 +35,6 @@ log = logging.getLogger("edge_ssd.daemon")
 READY_TIMEOUT = 60.0
 STATUS_INTERVAL = 5.0
 TICK = 0.1
-
-
-def _json(obj) -> bytes:
-    from ..publish.mqtt import json_bytes
-
-    return json_bytes(obj)
 
 
 class Daemon:
@@ -54,6 +50,7 @@ class Daemon:
         self.spool = None
         self.publisher = None
         self.mqtt_sink = None
+        self.model_sha: str | None = None  # fingerprint of the loaded model (reload compares it)
         self.ready = False
         self.started = time.monotonic()
 
@@ -89,6 +86,7 @@ class Daemon:
         logging.getLogger().setLevel(cfg.log_level.upper())
         if not (reuse_detector and self.detector is not None):
             self.notifier.status(f"loading model {cfg.model.bundle}")
+            self.model_sha = fingerprint(cfg.model.bundle)
             self.detector = load_detector(cfg.model.bundle, backend=cfg.model.backend, threads=cfg.model.threads)
         det = self.detector
         sinks = []
@@ -126,7 +124,7 @@ class Daemon:
         if ha.enabled:
             self.publisher.set_discovery(discovery_messages(cfg, topics, det.labels, det.name))
         for s in cfg.sources:
-            self.publisher.set_state(topics.status(s.name), _json({"schema": 1, "state": "starting"}),
+            self.publisher.set_state(topics.status(s.name), json_bytes({"schema": SCHEMA, "state": "starting"}),
                                      retain=m.retain.status)
         self.mqtt_sink = MqttSink(self.publisher, cfg.device, count_labels=count_labels,
                                   retain_counts=m.retain.counts, retain_detections=m.retain.detections,
@@ -164,15 +162,17 @@ class Daemon:
             st = source_status(s.name, ps, self.mqtt_sink.fps(s.name), self.mqtt_sink.last_inference_ms.get(s.name))
             if st["state"] == "ok":
                 st["state"] = "streaming"
-            self.publisher.set_state(self.publisher.topics.status(s.name), _json(st), retain=cfg.mqtt.retain.status)
+            self.publisher.set_state(self.publisher.topics.status(s.name), json_bytes(st),
+                                     retain=cfg.mqtt.retain.status)
 
     def _publish_stats(self) -> dict:
         ps = self.pipeline.stats()
-        msg = stats_message(self.loaded.config.device, ps, self.spool.stats() if self.spool else None,
-                            self.publisher.stats() if self.publisher else None, self.started, self._source_fps())
+        spool = self.spool.stats() if self.spool is not None else None
+        mqtt = self.publisher.stats() if self.publisher is not None else None
+        msg = stats_message(self.loaded.config.device, ps, spool, mqtt, self.started, self._source_fps())
         if self.publisher is not None:
             retain = self.loaded.config.mqtt.retain.stats
-            self.publisher.set_state(self.publisher.topics.stats, _json(msg), retain=retain)
+            self.publisher.set_state(self.publisher.topics.stats, json_bytes(msg), retain=retain)
             self._publish_status()
         else:
             log.info("stats: %s fps, %s frames, dropped %s", msg["fps"], msg["processed"], msg["dropped"])
@@ -199,6 +199,11 @@ class Daemon:
             return
         log.info("reload: applying %s", self.config_path)
         same_model = self.loaded is not None and new.config.model == self.loaded.config.model
+        if same_model and fingerprint(new.config.model.bundle) != self.model_sha:
+            log.info("reload: %s changed on disk (sha256 %s -> %s): loading the new model",
+                     new.config.model.bundle, (self.model_sha or "?")[:12],
+                     (fingerprint(new.config.model.bundle) or "unreadable")[:12])
+            same_model = False
         self._stop_components(self.loaded.config.flush_timeout if self.loaded else 5.0)
         try:
             self._start(new, reuse_detector=same_model)

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FORMAT = "edge-ssd-bundle"
-VERSION = 1
+VERSION = 2  # 2: the tail's orders and per-channel variances (Postprocess); version 1 loads with defaults
 MANIFEST = "manifest.json"
 
 
@@ -70,20 +70,74 @@ class OutputSpec(_Strict):
         return [p.name for p in self.parts] if self.parts else [self.name]
 
 
+OFFSET_TOKENS = ("cx", "cy", "w", "h")
+CORNER_TOKENS = ("x1", "y1", "x2", "y2")
+
+
+def _order(value: str, tokens: tuple[str, ...], what: str) -> str:
+    parts = [t.strip() for t in str(value).split(",")]
+    if sorted(parts) != sorted(tokens):
+        raise ValueError(f"{what} {value!r} must name each of {','.join(tokens)} once (e.g. {','.join(tokens)})")
+    return ",".join(parts)
+
+
 class Postprocess(_Strict):
+    """The SSD tail as data: everything the device needs to turn raw outputs into detections, so any SSD whose
+    tail is "score function + box decoding over constants" (pytorch-ssd, Ultra-Light, TF Object Detection API
+    through tf2onnx, ...) is decoded by the one implementation in :mod:`edge_ssd.model.box`. Every field was
+    read from the source graph and proved numerically by ``edge-ssd convert`` (zero offsets give the priors,
+    unit offsets the variances, random offsets the graph's own boxes). Defaults are pytorch-ssd's, so
+    version-1 manifests (which had none of the order fields) load unchanged.
+
+    pytorch-ssd: ``offset_order "cx,cy,w,h"``, ``variances [0.1, 0.1, 0.2, 0.2]``, ``prior_layout "cx,cy,w,h"``,
+    ``box_order "x1,y1,x2,y2"``, softmax, background column 0. TF Object Detection API (FasterRcnnBoxCoder with
+    scale factors 10, 10, 5, 5): ``offset_order "cy,cx,h,w"`` (ty, tx, th, tw), ``variances [0.1, 0.1, 0.2, 0.2]``
+    (1 / scale factor), ``prior_layout "cy,cx,h,w"`` (anchors ycenter, xcenter, h, w), ``box_order
+    "y1,x1,y2,x2"``, sigmoid, background column 0 or none.
+    """
+
     # "softmax"/"sigmoid": scores output holds logits; "none": it holds probabilities
     score_fn: Literal["softmax", "sigmoid", "none"] = "softmax"
-    # "offsets": boxes output holds raw (cx, cy, w, h) offsets, decoded against priors on the host;
-    # "corners": boxes are already decoded corner form (x1, y1, x2, y2) in 0..1
+    # "offsets": boxes output holds raw offsets (order ``offset_order``), decoded against ``priors`` on the host;
+    # "corners": boxes are already decoded corners in 0..1 (column order ``box_order``)
     box_encoding: Literal["offsets", "corners"] = "offsets"
+    # the two scalars of pytorch-ssd's decode; ``variances`` (when set) overrides them per offset channel
     center_variance: float = 0.1
     size_variance: float = 0.2
-    priors: list[list[float]] | None = None  # (N, 4) center form; required for "offsets"
+    # column order of the raw offsets: cx,cy = center offsets, w,h = log-size offsets (TF: "cy,cx,h,w")
+    offset_order: str = "cx,cy,w,h"
+    # one multiplier per offset channel, in ``offset_order`` (TF box coder: 1 / scale_factors); None means
+    # (center_variance, center_variance, size_variance, size_variance) in cx,cy,w,h terms
+    variances: list[float] | None = Field(default=None, min_length=4, max_length=4)
+    # column order of ``priors`` (TF anchors: "cy,cx,h,w"), normalised 0..1
+    prior_layout: str = "cx,cy,w,h"
+    # column order of decoded corner boxes in the source graph (and of ``boxes`` when box_encoding is
+    # "corners"); the device's detections are always x1,y1,x2,y2 (= xmin, ymin, xmax, ymax)
+    box_order: str = "x1,y1,x2,y2"
+    priors: list[list[float]] | None = None  # (N, 4) in ``prior_layout``; required for "offsets"
+    # the background column of the scores (skipped by NMS), or None when every column is an object class
     background_class: int | None = 0
     iou_threshold: float = 0.45
     score_threshold: float = 0.5
     candidate_size: int = 200
     top_k: int = -1
+
+    @field_validator("offset_order", "prior_layout")
+    @classmethod
+    def _offsets(cls, v: str) -> str:
+        return _order(v, OFFSET_TOKENS, "offset order")
+
+    @field_validator("box_order")
+    @classmethod
+    def _corners(cls, v: str) -> str:
+        return _order(v, CORNER_TOKENS, "box order")
+
+    def variances_in_offset_order(self) -> list[float]:
+        if self.variances is not None:
+            return [float(v) for v in self.variances]
+        by_token = {"cx": self.center_variance, "cy": self.center_variance, "w": self.size_variance,
+                    "h": self.size_variance}
+        return [float(by_token[t]) for t in self.offset_order.split(",")]
 
 
 class Manifest(_Strict):
@@ -134,6 +188,16 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
 def is_bundle(path: str | Path) -> bool:
     p = Path(path)
     return (p.is_dir() and (p / MANIFEST).is_file()) or p.name == MANIFEST
+
+
+def fingerprint(path: str | Path) -> str | None:
+    """sha256 that changes whenever the model at ``path`` changes: the manifest's for a bundle (it holds the
+    model file's sha256, labels and post-processing), the file's for a bare .onnx / .tflite; None if unreadable."""
+    p = Path(path)
+    try:
+        return sha256_file(p / MANIFEST if p.is_dir() else p)
+    except OSError:
+        return None
 
 
 def load_manifest(path: str | Path, verify: bool = True) -> tuple[Manifest, Path]:

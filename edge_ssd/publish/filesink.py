@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..model.result import FrameResult
-from .stdout import detection_message, dumps
+from .messages import detection_message, dumps
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,9 @@ whenever ``<discovery_prefix>/status`` goes ``online`` (Home Assistant restarted
 
 from __future__ import annotations
 
-import json
-
 from .. import __version__
-from ..daemon.config import Config, slug
+from ..daemon.config import Config
+from .messages import json_bytes, slug
 from .topics import Topics
 
 
@@ -44,7 +43,7 @@ def discovery_messages(cfg: Config, topics: Topics, model_labels: list[str] | No
         payload = {"name": cfg_.pop("name"), "unique_id": uid, "object_id": uid, "device": device,
                    "availability": avail, **cfg_}
         out.append((f"{ha.discovery_prefix}/{component}/{dev_id}/{object_id}/config",
-                    json.dumps(payload, separators=(",", ":")).encode()))
+                    json_bytes(payload)))
 
     for i, src in enumerate(cfg.sources):
         s = slug(src.name)

@@ -28,7 +28,6 @@ plus ``systemctl reload edge-ssd``, recovers without a restart.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import ssl
@@ -36,6 +35,7 @@ import threading
 import time
 from collections import deque
 
+from .messages import detection_message, json_bytes
 from .spool import Spool
 from .topics import Topics
 
@@ -273,7 +273,12 @@ class MqttPublisher:
     def _set_disconnected(self) -> None:
         if self.connected:
             self.disconnects += 1
-            log.warning("mqtt: disconnected from %s:%d; spooling (%d queued)", self.host, self.port, len(self.spool))
+            if self._stop.is_set():  # our own clean disconnect at stop
+                log.info("mqtt: disconnected from %s:%d (stopping, %d left in the spool)", self.host, self.port,
+                         len(self.spool))
+            else:
+                log.warning("mqtt: disconnected from %s:%d; spooling (%d queued)", self.host, self.port,
+                            len(self.spool))
         self.connected = False
 
     # -- paho callbacks (run on the I/O thread, inside client.loop) -----------------------------------------
@@ -318,10 +323,6 @@ class MqttPublisher:
                     self._announce = True
 
 
-def json_bytes(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 class MqttSink:
     """Pipeline sink: detections (durable), per-label and total counts (state, on change), snapshots (live)."""
 
@@ -350,8 +351,6 @@ class MqttSink:
                 self.pub.set_state(self.topics.count(src, lab), b"0", retain=retain_counts)
 
     def handle(self, r) -> None:
-        from .stdout import detection_message
-
         msg = detection_message(r, self.device)
         self.pub.publish_durable(self.topics.detections(r.source), json_bytes(msg), retain=self.retain_detections)
         counts: dict[str, int] = {}

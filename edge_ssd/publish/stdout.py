@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 
 from ..model.result import FrameResult
-from .topics import SCHEMA
-
-
-def detection_message(r: FrameResult, device: str = "") -> dict:
-    """The schema-1 detection payload (docs/mqtt.md)."""
-    return {
-        "schema": SCHEMA,
-        "device": device,
-        "source": r.source,
-        "frame": int(r.frame),
-        "ts": round(float(r.ts), 6),
-        "width": int(r.width),
-        "height": int(r.height),
-        "model": r.model,
-        "inference_ms": round(float(r.inference_ms), 3),
-        "objects": r.objects(),
-    }
-
-
-def dumps(msg: dict) -> str:
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+from .messages import detection_message, dumps
 
 
 class StdoutSink:

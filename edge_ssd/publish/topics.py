@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..daemon.config import slug
-
-SCHEMA = 1
+from .messages import slug
 
 
 @dataclass(frozen=True)
