@@ -37,6 +37,11 @@ EDGETPU_OPS = {
 }
 
 
+# written only with --postprocess-model / --target edgetpu: removed first so no stale file outlives a re-conversion
+_OPTIONAL_FILES = ("model_postprocess.tflite", "labelmap.txt", "model_edgetpu.tflite",
+                   "model_postprocess_edgetpu.tflite")
+
+
 @dataclass
 class ConvertResult:
     bundle_dir: Path
@@ -91,7 +96,7 @@ def _prepare_out(out_dir: Path, force: bool) -> None:
             raise UserError(f"output directory {out_dir} is not empty and not a bundle; choose another -o or pass "
                             "--force")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("model.tflite", "manifest.json", "report.json", "report.md", "report.png"):
+    for name in ("model.tflite", "manifest.json", "report.json", "report.md", "report.png", *_OPTIONAL_FILES):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -145,29 +150,11 @@ def _spec(d) -> dict:
     return {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": dt, "quant": q}
 
 
-def _edgetpu(tflite: Path, ops: list[str], bundle_dir: Path) -> dict:
-    res = {"unsupported_ops": sorted(set(ops) - EDGETPU_OPS)}
-    exe = shutil.which("edgetpu_compiler")
-    if exe is None:
-        res["compiler"] = None
-        res["note"] = ("edgetpu_compiler not found: on an x86-64 Debian/Ubuntu host install it (apt-get install "
-                       "edgetpu-compiler from packages.cloud.google.com/apt coral-edgetpu-stable) and run "
-                       f"`edgetpu_compiler -s -o {bundle_dir} {bundle_dir / 'model.tflite'}`, then point the "
-                       "manifest's model_file at model_edgetpu.tflite")
-        return res
-    import subprocess
+def _edgetpu(tflite: Path, ops: list[str], bundle_dir: Path, allow_cpu_ops: bool = False) -> dict:
+    from .edgetpu import compile_for_edgetpu
 
-    r = subprocess.run([exe, "-s", "-o", str(bundle_dir), str(tflite)], capture_output=True, text=True)
-    res["compiler"] = exe
-    res["returncode"] = r.returncode
-    text = r.stdout + r.stderr
-    (bundle_dir / "edgetpu_compiler.log").write_text(text)
-    import re
-
-    m = re.search(r"Number of operations that will run on Edge TPU:\s*(\d+)", text)
-    m2 = re.search(r"Number of operations that will run on CPU:\s*(\d+)", text)
-    res["ops_on_tpu"] = int(m.group(1)) if m else None
-    res["ops_on_cpu"] = int(m2.group(1)) if m2 else None
+    res = compile_for_edgetpu(tflite, bundle_dir, allow_cpu_ops=allow_cpu_ops)
+    res["unsupported_ops"] = sorted(set(ops) - EDGETPU_OPS)
     return res
 
 
@@ -175,7 +162,8 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
                   target: str = "cpu", quant: str = "auto", min_agreement: float = 0.9, force: bool = False,
                   progress: bool = True, mean=None, std=None, input_shape=None, calib_split: str | None = None,
                   val_split: str | None = None, score_threshold: float = 0.5, keep_work: bool = False,
-                  backend: str = "flatbuffer_direct") -> ConvertResult:
+                  backend: str = "flatbuffer_direct", postprocess_model: bool = False,
+                  allow_cpu_ops: bool = False) -> ConvertResult:
     """Convert ``onnx_path`` into the bundle directory ``out_dir``; see the module docstring."""
     from . import calibrate as cal
     from .cut import cut_model, cut_outputs, save_cut, self_check
@@ -290,7 +278,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         examples = v.pop("_examples")
         f1 = v["agreement"]["f1"]
         ok = f1 >= min_agreement
-        edgetpu = _edgetpu(model_path, ops, out_dir) if target == "edgetpu" else None
+        edgetpu = _edgetpu(model_path, ops, out_dir, allow_cpu_ops) if target == "edgetpu" else None
         self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         exe = find_onnx2tf(backend)
         converter = {"tool": "onnx2tf", "onnx2tf": onnx2tf_version(exe), "backend": backend,
@@ -343,6 +331,11 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
             converter=converter, fidelity=fidelity,
         )
         write_manifest(out_dir, manifest)
+        for extra in _ecosystem_models(out_dir, manifest, onnx_path, val_images, edgetpu, postprocess_model,
+                                       target, allow_cpu_ops, score_threshold, rep):
+            if ok and extra.get("ok") is False:
+                ok = False
+                rep.update(ok=False, failure=extra["failure"])
         write_reports(out_dir, rep, examples, names)
         return ConvertResult(out_dir, rep, ok)
     finally:
@@ -350,6 +343,27 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
             log.info("work directory kept: %s", work)
         else:
             work_ctx.cleanup()
+
+
+def _ecosystem_models(out_dir, manifest, onnx_path, val_images, edgetpu, postprocess_model: bool, target: str,
+                      allow_cpu_ops: bool, score_threshold: float, rep: dict) -> list[dict]:
+    """The Edge TPU compile of model.tflite and ``--postprocess-model``: their results (into ``rep``; the
+    post-process model's file, sha256 and agreement also into the manifest's ``fidelity``)."""
+    out = [edgetpu] if edgetpu else []
+    if postprocess_model:
+        from .postprocess_model import add_postprocess_model
+
+        pp = add_postprocess_model(out_dir, onnx_path, val_images, target=target, allow_cpu_ops=allow_cpu_ops,
+                                   score_threshold=score_threshold)
+        rep["postprocess_model"] = pp
+        v = pp["validation"]
+        manifest.fidelity["postprocess_model"] = {
+            "file": pp["file"], "sha256": sha256_file(out_dir / pp["file"]), "labelmap": pp["labelmap"],
+            "f1_vs_bundle": v["vs_bundle"]["f1"], "f1_vs_onnx": (v["vs_onnx"] or {}).get("f1"),
+            "images": v["images"], "ok": pp["ok"]}
+        write_manifest(out_dir, manifest)
+        out.append(pp)
+    return out
 
 
 def _edge_ssd_version() -> str:

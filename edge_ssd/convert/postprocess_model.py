@@ -40,8 +40,6 @@ OUTPUT_NAMES = (CUSTOM_OP, f"{CUSTOM_OP}:1", f"{CUSTOM_OP}:2", f"{CUSTOM_OP}:3")
 # the ops this module appends (the Edge TPU compiler leaves them on the CPU: float, or custom)
 TAIL_OPS = ("DEQUANTIZE", "CONCATENATION", "SOFTMAX", "LOGISTIC", "GATHER", "RESHAPE", "TRANSPOSE", "TOPK_V2", "SLICE",
             "GREATER_EQUAL", "CAST", "MUL", CUSTOM_OP, "CUSTOM")
-# offsets order of pytorch-ssd's regression head (cx, cy, w, h), as positions of (ty, tx, th, tw)
-PYTORCH_SSD_OFFSETS = "cx,cy,w,h"
 
 
 @dataclass
@@ -184,10 +182,13 @@ def tail_params(m: Manifest) -> dict:
     pri = m.priors_array()
     if pri is None:
         raise UserError("the bundle's manifest has no priors; re-run `edge-ssd convert`")
-    anchors = np.ascontiguousarray(pri[:, [1, 0, 3, 2]].astype(np.float32))  # (cx, cy, w, h) -> (cy, cx, h, w)
-    cv, sv = float(pp.center_variance), float(pp.size_variance)
-    order = [1, 0, 3, 2]  # pytorch-ssd's head emits (cx, cy, w, h): ty at 1, tx at 0, th at 3, tw at 2
-    return {"anchors": anchors, "scales": (1.0 / cv, 1.0 / cv, 1.0 / sv, 1.0 / sv), "order": order,
+    op_tokens = ("cy", "cx", "h", "w")  # the op's (ty, tx, th, tw) and anchors (ycenter, xcenter, h, w)
+    layout = pp.prior_layout.split(",")
+    anchors = np.ascontiguousarray(pri[:, [layout.index(t) for t in op_tokens]].astype(np.float32))
+    offsets = pp.offset_order.split(",")
+    order = [offsets.index(t) for t in op_tokens]
+    var = dict(zip(offsets, pp.variances_in_offset_order(), strict=True))
+    return {"anchors": anchors, "scales": tuple(1.0 / var[t] for t in op_tokens), "order": order,
             "background": pp.background_class, "score_fn": pp.score_fn, "num_columns": len(m.labels),
             "iou_threshold": float(pp.iou_threshold), "candidate_size": int(pp.candidate_size)}
 
@@ -386,7 +387,7 @@ def build_postprocess_model(bundle_dir, out_path=None, options: PostprocessOptio
     probs, num_classes = _class_scores(g, logits, tp["score_fn"], tp["background"], g.tensor(logits).shape[2])
     cap = opts.candidate_size if opts.candidate_size is not None else tp["candidate_size"]
     probs = _candidate_cap(g, probs, cap)
-    enc = _gather(g, offsets, tp["order"], "boxes/tytxthtw")
+    enc = offsets if tp["order"] == [0, 1, 2, 3] else _gather(g, offsets, tp["order"], "boxes/tytxthtw")
     anchors = g.add_tensor("anchors", [n, 4], s.TensorType.FLOAT32, tp["anchors"])
     iou = opts.iou_threshold if opts.iou_threshold is not None else tp["iou_threshold"]
     per_class = opts.detections_per_class or (tp["candidate_size"] if tp["candidate_size"] > 0 else opts.max_detections)
@@ -407,3 +408,27 @@ def build_postprocess_model(bundle_dir, out_path=None, options: PostprocessOptio
     lm = write_labelmap(out.parent / LABELMAP_FILE, m.labels, tp["background"])
     log.info("wrote %s (%d classes, input %s)", out, num_classes, in_dtype)
     return PostprocessModel(out, in_dtype, in_scale, in_zp, exact, note, num_classes, op_opts, g.appended, lm)
+
+
+def add_postprocess_model(bundle_dir, onnx_path, images, *, target: str = "cpu", allow_cpu_ops: bool = False,
+                          score_threshold: float = 0.5, options: PostprocessOptions | None = None) -> dict:
+    """``convert --postprocess-model``: write the model, validate it as its consumers read it and, for the Edge
+    TPU, compile it. The result goes into the conversion report; ``ok`` False carries ``failure``."""
+    from .edgetpu import compile_for_edgetpu
+    from .postprocess_check import validate_postprocess_model
+
+    pm = build_postprocess_model(bundle_dir, options=options)
+    res = pm.to_json()
+    v = validate_postprocess_model(pm.path, bundle_dir, onnx_path, images, score_threshold=score_threshold)
+    res["validation"] = v
+    res["ok"] = bool(v["ok"])
+    if not v["ok"]:
+        res["failure"] = (f"{POSTPROCESS_FILE} agrees with the bundle at F1 {v['vs_bundle']['f1']:.3f} < "
+                          f"{v['min_bundle_f1']}; please report it with the report.json")
+    if target == "edgetpu":
+        tail = [n for n in pm.appended_ops if n != "QUANTIZE"]  # the input QUANTIZE must map to the TPU
+        e = compile_for_edgetpu(pm.path, Path(bundle_dir), tail_ops=tail, allow_cpu_ops=allow_cpu_ops)
+        res["edgetpu"] = e
+        if e.get("ok") is False and res["ok"]:
+            res.update(ok=False, failure=e["failure"])
+    return res
