@@ -92,7 +92,7 @@ def validate_postprocess_model(pp_path, bundle_dir, onnx_path=None, images=(), *
     (LiteRT through ``load_detector``) and the source ONNX model (ONNX Runtime)."""
     from ..runtime.detector import load_detector
 
-    bundle = load_detector(bundle_dir)
+    bundle = load_detector(bundle_dir, backend="litert")  # an Edge TPU bundle's body, on the CPU here
     labels = bundle.labels
     bg = bundle.post.background
     ids = [i for i in range(len(labels)) if i != bg]
