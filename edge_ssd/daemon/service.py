@@ -87,7 +87,8 @@ class Daemon:
         if not (reuse_detector and self.detector is not None):
             self.notifier.status(f"loading model {cfg.model.bundle}")
             self.model_sha = fingerprint(cfg.model.bundle)
-            self.detector = load_detector(cfg.model.bundle, backend=cfg.model.backend, threads=cfg.model.threads)
+            self.detector = load_detector(cfg.model.bundle, backend=cfg.model.backend, threads=cfg.model.threads,
+                                          edgetpu_device=cfg.model.edgetpu_device)
         det = self.detector
         sinks = []
         if cfg.sinks.file:

@@ -17,7 +17,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-EDGETPU_LIB = "libedgetpu.so.1"
+from .backends import EDGETPU_LIB
+
+RUNTIME_MODULES = "ai_edge_litert.interpreter,tflite_runtime.interpreter,tensorflow.lite"
 ENV_LIB = "EDGE_SSD_EDGETPU_LIB"  # another library path (a locally built libedgetpu); tests use it too
 DEVICES_HELP = "usb, usb:0, usb:1, pci, pci:0"
 FIX_CRASH = ("install a libedgetpu built for the installed TFLite runtime: `sudo deploy/install.sh --coral` "
@@ -29,7 +31,7 @@ FIX_NO_DEVICE = ("plug the Coral in (USB: a USB 3 port, then replug after instal
 
 _CHILD = r"""
 import ctypes, json, sys
-lib, device, model = sys.argv[1], sys.argv[2], sys.argv[3]
+lib, device, model, modules = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 def out(status, detail=""):
     print(json.dumps({"status": status, "detail": detail}), flush=True)
     sys.exit(0)
@@ -38,13 +40,14 @@ try:
 except OSError as e:
     out("missing", str(e))
 load_delegate = Interpreter = None
-for mod in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
+for mod in modules.split(","):
     try:
-        m = __import__(mod, fromlist=["load_delegate"])
-        load_delegate, Interpreter, runtime = m.load_delegate, m.Interpreter, mod.split(".")[0]
-        break
+        m = __import__(mod, fromlist=["Interpreter"])
     except ImportError:
-        pass
+        continue
+    load_delegate = getattr(m, "load_delegate", None) or m.experimental.load_delegate
+    Interpreter, runtime = m.Interpreter, mod.split(".")[0]
+    break
 if load_delegate is None:
     out("no_runtime", "no TFLite runtime (ai_edge_litert or tflite_runtime) importable")
 print(json.dumps({"status": "loaded", "detail": runtime}), flush=True)
@@ -76,25 +79,29 @@ class ProbeResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def message(self) -> str:
+        """What happened, without the fix."""
+        where = f"{self.lib}" + (f" (device {self.device})" if self.device else "")
+        return {
+            "ok": f"Edge TPU delegate {where} loads and runs ({self.detail})",
+            "crashed": f"{where} crashed the process that loaded it ({self.detail})",
+            "timeout": f"{where} hung while loading ({self.detail})",
+            "missing": f"{where} cannot be loaded ({self.detail})",
+            "not_delegate": f"{where} is not a TFLite delegate ({self.detail})",
+            "no_device": f"{where} found no Edge TPU ({self.detail or 'the delegate was not created'})",
+            "model_error": f"{where} loaded but cannot run the model ({self.detail})",
+        }.get(self.status, f"{where}: {self.detail}")
+
+    def fix(self) -> str:
+        return {
+            "ok": "", "crashed": FIX_CRASH, "timeout": "replug the Coral; if it persists, " + FIX_CRASH,
+            "missing": FIX_MISSING, "not_delegate": FIX_MISSING, "no_device": FIX_NO_DEVICE,
+            "model_error": "compile the model with edgetpu_compiler (`edge-ssd convert --target edgetpu`)",
+        }.get(self.status, "install a TFLite runtime (`pip install ai-edge-litert`)")
+
     def line(self) -> str:
         """One line: what happened and the fix."""
-        where = f"{self.lib}" + (f" (device {self.device})" if self.device else "")
-        if self.status == "ok":
-            return f"Edge TPU delegate {where} loads and runs ({self.detail})"
-        if self.status == "crashed":
-            return f"{where} crashed the process that loaded it ({self.detail}); {FIX_CRASH}"
-        if self.status == "timeout":
-            return f"{where} hung while loading ({self.detail}); replug the Coral and {FIX_CRASH}"
-        if self.status == "missing":
-            return f"{where} cannot be loaded ({self.detail}); {FIX_MISSING}"
-        if self.status == "not_delegate":
-            return f"{where} is not a TFLite delegate ({self.detail}); {FIX_MISSING}"
-        if self.status == "no_device":
-            return f"{where} found no Edge TPU ({self.detail}); {FIX_NO_DEVICE}"
-        if self.status == "model_error":
-            return (f"{where} loaded but cannot run the model ({self.detail}); compile it with edgetpu_compiler "
-                    "(`edge-ssd convert --target edgetpu`)")
-        return f"{where}: {self.detail}; install a TFLite runtime (`pip install ai-edge-litert`)"
+        return self.message() + (f"; {self.fix()}" if self.fix() else "")
 
 
 def edgetpu_lib() -> str:
@@ -108,11 +115,26 @@ def _signal_name(rc: int) -> str:
         return f"signal {-rc}"
 
 
+_PROBED: dict[tuple, ProbeResult] = {}
+
+
+def probe_once(device: str | None = None, model_path: str | Path | None = None,
+               runtime_module: str | None = None) -> ProbeResult:
+    """:func:`probe_edgetpu`, once per library, device and model file (and its mtime) in this process."""
+    mtime = Path(model_path).stat().st_mtime_ns if model_path and Path(model_path).exists() else None
+    key = (edgetpu_lib(), device, str(model_path or ""), mtime, runtime_module)
+    if key not in _PROBED:
+        _PROBED[key] = probe_edgetpu(device, model_path, runtime_module=runtime_module)
+    return _PROBED[key]
+
+
 def probe_edgetpu(device: str | None = None, model_path: str | Path | None = None, lib: str | None = None,
-                  timeout_s: float = 60.0) -> ProbeResult:
-    """Load the delegate (and run ``model_path`` with it) in a child process; never raises."""
+                  timeout_s: float = 60.0, runtime_module: str | None = None) -> ProbeResult:
+    """Load the delegate (and run ``model_path`` with it) in a child process with the TFLite runtime
+    ``runtime_module`` (default: the first importable of ai_edge_litert, tflite_runtime, tensorflow.lite);
+    never raises."""
     lib = lib or edgetpu_lib()
-    cmd = [sys.executable, "-c", _CHILD, lib, device or "", str(model_path or "")]
+    cmd = [sys.executable, "-c", _CHILD, lib, device or "", str(model_path or ""), runtime_module or RUNTIME_MODULES]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -127,3 +149,16 @@ def probe_edgetpu(device: str | None = None, model_path: str | Path | None = Non
         err = (r.stderr.strip().splitlines() or ["no output"])[-1]
         return ProbeResult("crashed", lib, device, f"exit {r.returncode}: {err[:160]}")
     return ProbeResult(last["status"], lib, device, last.get("detail", ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edge_ssd.runtime.edgetpu_probe [DEVICE [MODEL]]``: print the probe's line; exit 0 when the
+    delegate loads, 2 when it crashes, 1 otherwise (used by ``deploy/install.sh --coral``)."""
+    args = sys.argv[1:] if argv is None else argv
+    r = probe_edgetpu(args[0] if args else None, args[1] if len(args) > 1 else None)
+    print(r.line())
+    return 0 if r.ok else 2 if r.status in ("crashed", "timeout") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
