@@ -106,8 +106,8 @@ def parse_compiler_log(text: str) -> CompilerLog:
     log.compiled = "Model compiled successfully" in text
     if not log.compiled:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Edge TPU Compiler")]
-        log.error = next((ln for ln in lines if re.search(r"error|invalid|not quantized|abort|fail", ln, re.I)),
-                         lines[0] if lines else "no output")
+        bad = [ln for ln in lines if re.search(r"error|invalid|not quantized|abort|fail", ln, re.I)]
+        log.error = "; ".join(bad[:2]) if bad else (lines[0] if lines else "no output")
     log.on_chip_bytes = _bytes(text, "On-chip memory used for caching model parameters")
     log.on_chip_remaining_bytes = _bytes(text, "On-chip memory remaining for caching model parameters")
     log.off_chip_bytes = _bytes(text, "Off-chip memory used for streaming uncached model parameters")
