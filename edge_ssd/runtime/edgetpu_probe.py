@@ -24,8 +24,9 @@ ENV_LIB = "EDGE_SSD_EDGETPU_LIB"  # another library path (a locally built libedg
 DEVICES_HELP = "usb, usb:0, usb:1, pci, pci:0"
 FIX_CRASH = ("install a libedgetpu built for the installed TFLite runtime: `sudo deploy/install.sh --coral` "
              "(feranick/libedgetpu builds; the 2021 libedgetpu1-std only works with TFLite <= 2.11)")
-FIX_MISSING = ("install the Edge TPU runtime with `sudo deploy/install.sh --coral` (or a libedgetpu1-std .deb "
-               "from feranick/libedgetpu matching your TFLite runtime)")
+FIX_MISSING = ("install the Edge TPU runtime with `sudo deploy/install.sh --coral` (a libedgetpu1-std built for "
+               "your TFLite runtime, e.g. from feranick/libedgetpu, and the udev rules), then unplug and replug the "
+               "Coral")
 FIX_NO_DEVICE = ("plug the Coral in (USB: a USB 3 port, then replug after installing the udev rules; PCIe/M.2: "
                  "the gasket/apex driver, see `edge-ssd doctor`) or set edgetpu_device (" + DEVICES_HELP + ")")
 
