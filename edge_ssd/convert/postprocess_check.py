@@ -86,10 +86,11 @@ def _images(images):
             continue
 
 
-def validate_postprocess_model(pp_path, bundle_dir, onnx_path=None, images=(), *, score_threshold: float = 0.5,
+def validate_postprocess_model(pp_path, bundle_dir, onnx=None, images=(), *, score_threshold: float = 0.5,
                                max_images: int = 100) -> dict:
     """F1 at IoU 0.5 of the post-process model's detections (score >= ``score_threshold``) against the bundle
-    (LiteRT through ``load_detector``) and the source ONNX model (ONNX Runtime)."""
+    (LiteRT through ``load_detector``) and the source ONNX model (ONNX Runtime): ``onnx`` is its path or the
+    reference detector the conversion already loaded."""
     from ..runtime.detector import load_detector
 
     bundle = load_detector(bundle_dir, backend="litert")  # an Edge TPU bundle's body, on the CPU here
@@ -98,9 +99,11 @@ def validate_postprocess_model(pp_path, bundle_dir, onnx_path=None, images=(), *
     ids = [i for i in range(len(labels)) if i != bg]
     reader = ConsumerReader(pp_path, ids)
     ref_onnx, onnx_note = None, ""
-    if onnx_path is not None:
+    if onnx is not None and hasattr(onnx, "detect"):
+        ref_onnx = onnx
+    elif onnx is not None:
         try:
-            ref_onnx = load_detector(onnx_path, labels=labels)
+            ref_onnx = load_detector(onnx, labels=labels)
         except UserError as e:
             onnx_note = f"ONNX reference not run: {e}"
     vs_bundle, vs_onnx = Agreement(), Agreement()

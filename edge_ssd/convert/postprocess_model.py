@@ -410,7 +410,7 @@ def build_postprocess_model(bundle_dir, out_path=None, options: PostprocessOptio
     return PostprocessModel(out, in_dtype, in_scale, in_zp, exact, note, num_classes, op_opts, g.appended, lm)
 
 
-def add_postprocess_model(bundle_dir, onnx_path, images, *, target: str = "cpu", allow_cpu_ops: bool = False,
+def add_postprocess_model(bundle_dir, onnx, images, *, target: str = "cpu", allow_cpu_ops: bool = False,
                           score_threshold: float = 0.5, options: PostprocessOptions | None = None) -> dict:
     """``convert --postprocess-model``: write the model, validate it as its consumers read it and, for the Edge
     TPU, compile it. The result goes into the conversion report; ``ok`` False carries ``failure``."""
@@ -419,7 +419,7 @@ def add_postprocess_model(bundle_dir, onnx_path, images, *, target: str = "cpu",
 
     pm = build_postprocess_model(bundle_dir, options=options)
     res = pm.to_json()
-    v = validate_postprocess_model(pm.path, bundle_dir, onnx_path, images, score_threshold=score_threshold)
+    v = validate_postprocess_model(pm.path, bundle_dir, onnx, images, score_threshold=score_threshold)
     res["validation"] = v
     res["ok"] = bool(v["ok"])
     if not v["ok"]:
