@@ -107,7 +107,8 @@ class Daemon:
             self.notifier.status(f"loading model {cfg.model.bundle}")
             bundle = self.rollout.bundle_for() if self.rollout else cfg.model.bundle
             self.model_sha = fingerprint(bundle)
-            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads)
+            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads,
+                                          edgetpu_device=cfg.model.edgetpu_device)
         det = self.detector
         outputs = []
         if cfg.sinks.file:
@@ -287,7 +288,7 @@ class Daemon:
 
         m = self.loaded.config.model
         try:
-            det = load_detector(cand.path, backend=m.backend, threads=m.threads)
+            det = load_detector(cand.path, backend=m.backend, threads=m.threads, edgetpu_device=m.edgetpu_device)
         except UserError as e:
             self.rollout.failed(cand, f"cannot load bundle {cand.command.version}: {e}")
             return
