@@ -210,7 +210,7 @@ class Daemon:
         msg = stats_message(self.loaded.config.device, pipeline.stats(), spool, mqtt, self.started,
                             self._source_fps())
         e2e = hub.e2e_ms.summary()
-        msg["latency_e2e_ms"] = {"p50": e2e["p50"], "p95": e2e["p95"]}
+        msg["latency_e2e_ms"] = {"p50": e2e.p50, "p95": e2e.p95}
         msg["events"] = hub.events
         return msg
 
@@ -226,11 +226,11 @@ class Daemon:
 
     def _status_line(self) -> str:
         ps = self.pipeline.stats()
-        parts = [f"{ps['fps']:.1f} fps", f"{ps['processed']} frames"]
+        parts = [f"{ps.fps:.1f} fps", f"{ps.processed} frames"]
         if self.publisher is not None:
             parts.append("mqtt connected" if self.publisher.connected else "mqtt DISCONNECTED")
             parts.append(f"spool {len(self.spool)}")
-        bad = [n for n, s in ps["sources"].items() if s.get("status") not in ("ok", "ended")]
+        bad = [n for n, s in ps.sources.items() if s.status not in ("ok", "ended")]
         if bad:
             parts.append("waiting for " + ", ".join(bad))
         return ", ".join(parts)

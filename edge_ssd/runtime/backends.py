@@ -25,6 +25,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -32,8 +33,11 @@ from ..errors import DependencyError, UserError
 
 log = logging.getLogger(__name__)
 
-TFLITE_BACKENDS = ("litert", "tflite_runtime", "tensorflow")
-BACKENDS = (*TFLITE_BACKENDS, "edgetpu", "onnxruntime")
+# the one list of backends: the config (model.backend), the CLI (--backend) and bench validate against it
+BackendChoice = Literal["auto", "litert", "tflite_runtime", "tensorflow", "edgetpu", "onnxruntime"]
+BACKEND_CHOICES: tuple[str, ...] = get_args(BackendChoice)  # "auto" first
+BACKENDS = BACKEND_CHOICES[1:]
+TFLITE_BACKENDS = BACKENDS[:3]  # litert, tflite_runtime, tensorflow: tried in this order
 EDGETPU_LIB = "libedgetpu.so.1"
 
 _TFLITE_MODULES = {
