@@ -160,3 +160,28 @@ def test_trained_model_classes_are_zero_based_without_background(trained):
         seen |= {names[k] for k in c}
     gt = {ds.class_names[int(c)] for s in ds.samples[:40] for c in s.labels}
     assert seen and seen <= set(tm.labels[1:]) and len(seen & gt) >= 2
+
+
+def test_face_op_options_read_back_from_the_file(face):
+    """The custom op's flexbuffer, decoded from the written flatbuffer, holds every key detection_postprocess.cc
+    reads."""
+    from ai_edge_litert import schema_py_generated as s
+    from flatbuffers import flexbuffers
+
+    m = s.ModelT.InitFromObj(s.Model.GetRootAs((face / POSTPROCESS_FILE).read_bytes(), 0))
+    codes = m.operatorCodes
+    ops = [op for op in m.subgraphs[0].operators if codes[op.opcodeIndex].customCode]
+    assert len(ops) == 1 and codes[ops[0].opcodeIndex].customCode.decode() == "TFLite_Detection_PostProcess"
+    opts = flexbuffers.Loads(bytes(ops[0].customOptions))
+    assert set(opts) == {"max_detections", "max_classes_per_detection", "detections_per_class", "use_regular_nms",
+                         "nms_score_threshold", "nms_iou_threshold", "num_classes", "y_scale", "x_scale",
+                         "h_scale", "w_scale"}
+    assert (opts["y_scale"], opts["x_scale"], opts["h_scale"], opts["w_scale"]) == pytest.approx((10, 10, 5, 5))
+    assert opts["use_regular_nms"] is True and opts["num_classes"] == 1 and opts["max_classes_per_detection"] == 1
+    assert opts["nms_iou_threshold"] == pytest.approx(0.45) and opts["detections_per_class"] == 200
+    # the anchors are the bundle's priors, (cx, cy, w, h) -> (ycenter, xcenter, h, w)
+    sg = m.subgraphs[0]
+    anchors = sg.tensors[ops[0].inputs[2]]
+    a = np.frombuffer(bytes(m.buffers[anchors.buffer].data), np.float32).reshape(-1, 4)
+    man, _ = load_manifest(face)
+    assert np.array_equal(a, man.priors_array()[:, [1, 0, 3, 2]])
