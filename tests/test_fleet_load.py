@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("topology, protocol", [("direct", 4), ("bridge", 5)])
-def test_fleet_load_short_form_loses_nothing_through_two_central_restarts(tmp_path, topology, protocol):
+def test_short_fleet_load_loses_nothing(tmp_path, topology, protocol):
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "fleet_load.py"), "--devices", "8", "--rate", "5",
                         "--minutes", "0.5", "--processes", "2", "--topology", topology, "--protocol", str(protocol),
