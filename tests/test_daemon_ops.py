@@ -22,7 +22,7 @@ from _broker import (
     write_config,
 )
 
-from edge_ssd.runtime.detector import LABELS_META_KEY
+from edge_ssd.model.labels import LABELS_KEY as LABELS_META_KEY
 
 pytestmark = [pytest.mark.skipif(not have_mosquitto(), reason="mosquitto not installed"),
               pytest.mark.skipif(not FACE_MODEL.exists(), reason="shared face model missing")]
