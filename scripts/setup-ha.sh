@@ -12,8 +12,11 @@
 set -euo pipefail
 
 HA_VERSION=${HA_VERSION:-2025.4.4}
-# homeassistant/components/{mqtt,recorder}/manifest.json of that version
-REQS=(paho-mqtt==2.1.0 SQLAlchemy==2.0.39 fnv-hash-fast==1.4.0 psutil-home-assistant==0.0.1)
+# the requirements (homeassistant/components/*/manifest.json of that version) of the MQTT integration, the
+# recorder, and of what Home Assistant always loads: the frontend (without it Home Assistant starts in recovery
+# mode) and http's isal
+REQS=(paho-mqtt==2.1.0 SQLAlchemy==2.0.39 fnv-hash-fast==1.4.0 psutil-home-assistant==0.0.1
+      home-assistant-frontend==20250411.0 isal==1.7.1)
 VENV=${EDGE_SSD_HA_VENV:-$HOME/.cache/edge-ssd/homeassistant-$HA_VERSION}
 STAMP="$VENV/.edge-ssd-stamp"
 WANT="homeassistant==$HA_VERSION ${REQS[*]}"
@@ -41,10 +44,11 @@ PY=$(find_python) || {
 
 echo "setup-ha: building $VENV (homeassistant $HA_VERSION on $("$PY" -V)); a few minutes the first time" >&2
 start=$(date +%s)
-rm -rf "$VENV"
-mkdir -p "$(dirname "$VENV")"
-"$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
+if [ ! -x "$VENV/bin/python" ]; then
+  mkdir -p "$(dirname "$VENV")"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
+fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "homeassistant==$HA_VERSION" >&2
 # the integrations' pins, within Home Assistant's own constraints
 CONSTRAINTS=$("$VENV/bin/python" -c 'import homeassistant, os; print(os.path.join(os.path.dirname(homeassistant.__file__), "package_constraints.txt"))')

@@ -66,6 +66,7 @@ class HomeAssistant:
         self.db = self.dir / "home-assistant_v2.db"
         self.log = self.dir / "home-assistant.log"
         self.proc: subprocess.Popen | None = None
+        self.old_logs: list[str] = []  # the logs of earlier runs (Home Assistant rotates its log at start)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "configuration.yaml").write_text(CONFIGURATION.format(http_port=free_port(), db=self.db))
         self._write_mqtt_entry(broker_port)
@@ -99,6 +100,8 @@ class HomeAssistant:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            if self.log.exists():
+                self.old_logs.append(self.log.read_text())
         self.proc = None
 
     # -- read back ---------------------------------------------------------------------------------------------
@@ -125,11 +128,10 @@ class HomeAssistant:
         return out
 
     def log_problems(self) -> list[str]:
-        """WARNING / ERROR / CRITICAL records of the log (each with its continuation lines)."""
-        if not self.log.exists():
-            return []
+        """WARNING / ERROR / CRITICAL records of every run's log (each with its continuation lines)."""
+        texts = self.old_logs + ([self.log.read_text()] if self.proc is not None and self.log.exists() else [])
         out: list[str] = []
-        for line in self.log.read_text().splitlines():
+        for line in "\n".join(texts).splitlines():
             m = re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ (\w+) ", line)
             if m:
                 if m.group(1) in ("WARNING", "ERROR", "CRITICAL"):
