@@ -29,6 +29,7 @@ plus ``systemctl reload edge-ssd``, recovers without a restart.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import ssl
 import threading
@@ -48,7 +49,8 @@ class MqttPublisher:
     def __init__(self, host: str, port: int = 1883, *, topics: Topics, spool: Spool, client_id: str,
                  username: str | None = None, password: str | None = None, tls=None, keepalive: int = 30,
                  qos: int = 1, min_delay: float = 1.0, max_delay: float = 60.0, inflight: int = 100,
-                 discovery_prefix: str | None = None):
+                 discovery_prefix: str | None = None, protocol: int = 4,
+                 expiry: dict[str, float | None] | None = None):
         self.host, self.port = host, int(port)
         self.topics = topics
         self.spool = spool
@@ -60,6 +62,10 @@ class MqttPublisher:
         self.min_delay, self.max_delay = float(min_delay), max(float(max_delay), float(min_delay))
         self.inflight = int(inflight)
         self.discovery_prefix = discovery_prefix
+        self.protocol = int(protocol)
+        # topic kind (the last topic level: detections, events) -> seconds a spooled message stays fresh
+        self.expiry = {k: float(v) for k, v in (expiry or {}).items() if v}
+        self.expired = 0
         self._lock = threading.Lock()
         self._discovery = None  # a homeassistant.DeviceDiscovery: topic, legacy, message(), merge_retained()
         self._legacy: set[str] = set()  # per-entity discovery topics of edge-ssd 0.1 still retained: migrate
@@ -82,6 +88,7 @@ class MqttPublisher:
         self.last_error: str | None = None
         self._logged_errors: set[str] = set()
         self._offline_acked = False
+        self._subs: dict[str, object] = {}  # topic -> callback(topic, payload, retained), see subscribe()
 
     # -- producer API (any thread) ------------------------------------------------------------------------
     def publish_durable(self, topic: str, payload: bytes, qos: int | None = None, retain: bool = False) -> bool:
@@ -122,6 +129,12 @@ class MqttPublisher:
             self._live.append((topic, payload, qos, retain))
         return True
 
+    def subscribe(self, topic: str, callback) -> None:
+        """Deliver messages on ``topic`` (exact name, QoS 1, subscribed again after every connect) to
+        ``callback(topic, payload, retained)``. It runs on the I/O thread: it must return quickly."""
+        with self._lock:
+            self._subs[topic] = callback
+
     def stats(self) -> dict:
         return {"connected": self.connected, "connects": self.connects, "disconnects": self.disconnects,
                 "sent": self.sent, "acked": self.acked, "unspooled": self.unspooled, "last_error": self.last_error}
@@ -155,8 +168,11 @@ class MqttPublisher:
     def _new_client(self):
         import paho.mqtt.client as mqtt
 
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
-                        protocol=mqtt.MQTTv311)
+        if self.protocol == 5:  # MQTT 5: clean start is a connect() flag, not a client setting
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        else:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
+                            protocol=mqtt.MQTTv311)
         c.max_inflight_messages_set(self.inflight)
         c.max_queued_messages_set(0)
         c.connect_timeout = 10.0
@@ -232,8 +248,14 @@ class MqttPublisher:
             room = self.inflight - len(self._handed)
             if room > 0 and len(self.spool) > len(self._handed):
                 for rec in self.spool.peek(cursor, room):
-                    info = client.publish(rec.topic, rec.payload, qos=rec.qos, retain=rec.retain)
                     cursor = rec.id
+                    left = self._fresh_for(rec)
+                    if left is not None and left <= 0:
+                        self.spool.expire(rec.id)  # stale: never delivered late (mqtt.expiry)
+                        self.expired += 1
+                        continue
+                    info = client.publish(rec.topic, rec.payload, qos=rec.qos, retain=rec.retain,
+                                          properties=self._expiry_props(left))
                     if info.rc != mqtt.MQTT_ERR_SUCCESS:
                         break
                     self.sent += 1
@@ -251,6 +273,24 @@ class MqttPublisher:
                     break
         self._set_disconnected()
         return self._session_ok
+
+    def _fresh_for(self, rec) -> float | None:
+        """Seconds record ``rec`` stays fresh (its topic kind's expiry minus its age in the spool); None: no
+        expiry for that kind."""
+        exp = self.expiry.get(rec.topic.rsplit("/", 1)[-1])
+        return None if exp is None else exp - (time.time() - rec.ts)
+
+    def _expiry_props(self, left: float | None):
+        """MQTT 5: the rest of the freshness as the message expiry interval, so the broker does not hand the
+        message to a subscriber later either (a persistent session that was offline)."""
+        if left is None or self.protocol != 5:
+            return None
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = max(1, math.ceil(left))
+        return props
 
     def _publish_state(self, client) -> None:
         with self._lock:
@@ -319,6 +359,7 @@ class MqttPublisher:
                  self.client_id, len(self.spool))
         subs = [(f"{self.discovery_prefix}/status", 1)] if self.discovery_prefix else []
         with self._lock:
+            subs += [(topic, 1) for topic in self._subs]
             self._announce = True  # discovery, availability and every state topic again
             if self._discovery is not None:
                 # read back what the broker retained first: removed components, entities to migrate
@@ -343,6 +384,13 @@ class MqttPublisher:
             self._hold_announce = min(self._hold_announce, time.monotonic() + 0.3)
 
     def _on_message(self, client, userdata, msg) -> None:
+        cb = self._subs.get(msg.topic)
+        if cb is not None:
+            try:
+                cb(msg.topic, bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                log.exception("mqtt: handler for %s failed", msg.topic)
+            return
         disc = self._discovery
         if disc is not None and msg.retain and msg.topic == disc.topic:
             if disc.merge_retained(bytes(msg.payload)):
