@@ -81,11 +81,21 @@ def entity_ids(device_msg: dict, version: tuple[int, int]) -> dict[str, str]:
     return out
 
 
+def _publish(port: int, messages: list[tuple[str, bytes]], retain: bool = False) -> None:
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    for topic, payload in messages:
+        c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()
+
+
 def legacy_entity(port: int) -> tuple[str, str]:
     """Announce one entity the way edge-ssd 0.1 did (per-entity topic, object_id): an upgraded install.
     Returns (topic, entity_id)."""
-    import paho.mqtt.client as mqtt
-
     uid = f"edge_ssd_{DEVICE}_cam1_count"
     topic = f"homeassistant/sensor/edge_ssd_{DEVICE}/cam1_count/config"
     payload = {"name": "cam1 objects", "unique_id": uid, "object_id": uid,
@@ -95,12 +105,7 @@ def legacy_entity(port: int) -> tuple[str, str]:
                                  "payload_not_available": "offline"}],
                "state_topic": f"edge-ssd/{DEVICE}/cam1/count", "state_class": "measurement",
                "unit_of_measurement": "objects", "icon": "mdi:counter"}
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    c.publish(topic, json.dumps(payload), qos=1, retain=True).wait_for_publish(5)
-    c.disconnect()
-    c.loop_stop()
+    _publish(port, [(topic, json.dumps(payload).encode())], retain=True)
     return topic, f"sensor.{uid}"
 
 
@@ -164,6 +169,10 @@ def test_daemon_in_home_assistant(tmp_path):
         assert float(latest(ha, [ids[f"edge_ssd_{DEVICE}_cam1_fps"]])[ids[f"edge_ssd_{DEVICE}_cam1_fps"]]) > 0
         assert float(latest(ha, [ids[f"edge_ssd_{DEVICE}_spool_queued"]])[ids[f"edge_ssd_{DEVICE}_spool_queued"]]) >= 0
         assert latest(ha, [image])[image] not in (None, "unknown")  # an image entity's state: its last update
+        # payloads missing what the templates read (an empty spool's old {}, a status without fps): no warning
+        _publish(b.port, [(f"edge-ssd/{DEVICE}/stats", b'{"schema":1,"spool":{}}'),
+                          (f"edge-ssd/{DEVICE}/cam1/status", b'{"schema":1,"state":"starting"}'),
+                          (f"edge-ssd/{DEVICE}/cam1/status", b'{"schema":1,"state":"no such state"}')])
         # 2. daemon stops: everything unavailable
         assert stop_daemon(daemon) == 0, stderr_of(cfg)
         assert _wait(lambda: set(latest(ha, ids.values()).values()) == {"unavailable"}, 30), latest(ha, ids.values())
@@ -188,9 +197,10 @@ def test_daemon_in_home_assistant(tmp_path):
         assert not set(cam2) & set(entities), "a removed source's entities are still registered"
         assert all(entities[u]["device_id"] == dev[0]["id"] for u in cam1)
         assert all(entities[u]["entity_id"] == e for u, e in cam1.items())
-        t_ha = time.time()
+        t_ha, announced = time.time(), len(col.on(topic))
         ha.start()
         assert ha.wait_online(col)
+        assert _wait(lambda: len(col.on(topic)) > announced, 10)  # re-announced on Home Assistant's birth
         assert _wait(lambda: all(latest(ha, cam1.values(), t_ha).get(e) not in (None, "unknown", "unavailable")
                                  for e in cam1.values()), 90), latest(ha, cam1.values(), t_ha)
         # 5. the daemon removed from Home Assistant
