@@ -21,6 +21,7 @@ import time
 
 import pytest
 from _broker import (
+    FACE_LABELS,
     FACE_MODEL,
     REPO,
     SHARED,
@@ -63,7 +64,8 @@ def face_video(path, seconds_on: int = 3, seconds_off: int = 3, fps: int = 10, s
 def daemon_config(tmp, video, port, sources=("cam1", "cam2")):
     src = [{"name": n, "url": str(video), "score_threshold": 0.6, "loop": True, "max_fps": 10,
             "labels": {"include": ["face"]}, "snapshot": n == "cam1"} for n in sources]
-    return {"device": DEVICE, "model": {"bundle": str(FACE_MODEL), "threads": 1}, "sources": src,
+    return {"device": DEVICE, "model": {"bundle": str(FACE_MODEL), "labels": str(FACE_LABELS), "threads": 1},
+            "sources": src,
             "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 5, "reconnect_min_delay": 0.2,
                      "reconnect_max_delay": 1.0},
             "spool": {"dir": str(tmp / "spool")}, "stats_interval": 2, "flush_timeout": 5}
