@@ -108,8 +108,9 @@ class Daemon:
             self.notifier.status(f"loading model {cfg.model.bundle}")
             bundle = self.rollout.bundle_for() if self.rollout else cfg.model.bundle
             self.model_sha = fingerprint(bundle)
+            labels = cfg.model.labels if bundle == cfg.model.bundle else None  # a rolled-out bundle has its own
             self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads,
-                                          labels=cfg.model.labels, edgetpu_device=cfg.model.edgetpu_device)
+                                          labels=labels, edgetpu_device=cfg.model.edgetpu_device)
         det = self.detector
         outputs = []
         if cfg.sinks.file:
