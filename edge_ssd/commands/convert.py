@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .inspect import _shape
+from .inspect import _shape, raw_outputs
 
 
 def _floats(s: str) -> list[float]:
@@ -48,6 +48,9 @@ def register(subparsers) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5, help="score threshold for agreement and manifest")
     p.add_argument("--min-agreement", type=float, default=0.9,
                    help="minimum int8-vs-fp32 detection F1 (default 0.9); below it exit 4")
+    p.add_argument("--raw-outputs", type=raw_outputs, default=None, metavar="SCORES,BOXES",
+                   help="cut at these raw class-logits and box-offsets tensors when the tail is not found (the "
+                        "tail after them is proved or refused; see `edge-ssd inspect`)")
     p.add_argument("--force", action="store_true", help="allow < 10 calibration images / non-empty output dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -65,7 +68,7 @@ def run(args) -> int:
                       labels=args.labels, target=args.target, quant=args.quant, min_agreement=args.min_agreement,
                       force=args.force, progress=not args.no_progress, mean=args.mean, std=args.std,
                       input_shape=args.input_shape, calib_split=args.calib_split, val_split=args.val_split,
-                      score_threshold=args.score_threshold, backend=args.backend)
+                      score_threshold=args.score_threshold, backend=args.backend, raw_outputs=args.raw_outputs)
     print(format_markdown(r.report))
     print(f"bundle: {r.bundle_dir}")
     if not r.ok:

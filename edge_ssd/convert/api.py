@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..model.bundle import InputSpec, Manifest, OutputSpec, Postprocess, Quant, is_bundle, sha256_file, write_manifest
+from ..model.bundle import InputSpec, Manifest, OutputSpec, Quant, is_bundle, sha256_file, write_manifest
 from ..model.preprocess import Normalization, preprocess
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,15 @@ def _resolve_labels(labels, info, val_images, calib_images) -> list[str]:
         raise UserError(f"{len(names)} labels given but the model has {c} classes; the labels file needs one line "
                         "per class, BACKGROUND first")
     return names
+
+
+def _labels_background(info, names: list[str]) -> int | None:
+    """Column 0 is the background when the graph has no background of its own (sigmoid over every column)
+    but the labels name column 0 so; else None (keep the graph's)."""
+    if info.tail.background_class is None and names and names[0].strip().lower() in ("background", "???",
+                                                                                    "__background__"):
+        return 0
+    return None
 
 
 def _prepare_out(out_dir: Path, force: bool) -> None:
@@ -175,10 +184,10 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
                   target: str = "cpu", quant: str = "auto", min_agreement: float = 0.9, force: bool = False,
                   progress: bool = True, mean=None, std=None, input_shape=None, calib_split: str | None = None,
                   val_split: str | None = None, score_threshold: float = 0.5, keep_work: bool = False,
-                  backend: str = "flatbuffer_direct") -> ConvertResult:
+                  backend: str = "flatbuffer_direct", raw_outputs: tuple[str, str] | None = None) -> ConvertResult:
     """Convert ``onnx_path`` into the bundle directory ``out_dir``; see the module docstring."""
     from . import calibrate as cal
-    from .cut import cut_model, cut_outputs, save_cut, self_check
+    from .cut import cut_input_name, cut_model, cut_outputs, save_cut, self_check, tail_postprocess
     from .inspect import load_and_inspect
     from .onnx2tf_runner import BACKENDS, find_onnx2tf, launcher, onnx2tf_version, run_onnx2tf
     from .report import write_reports
@@ -194,14 +203,17 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
     find_onnx2tf(backend)  # a missing toolchain fails before minutes of calibration
     onnx_path = Path(onnx_path)
     out_dir = Path(out_dir)
-    norm = Normalization(tuple(mean) if mean else (127.0, 127.0, 127.0), tuple(std) if std else (128.0,) * 3)
-    model, info = load_and_inspect(onnx_path, input_shape)
+    model, info = load_and_inspect(onnx_path, input_shape, raw_outputs=raw_outputs)
+    # feed: what the source graph expects (its own normalisation in the graph -> raw pixels); body: what the
+    # int8 body's input gets once that in-graph normalisation is folded into the bundle's input table
+    feed = Normalization(tuple(mean) if mean else tuple(info.normalization["mean"]),
+                         tuple(std) if std else tuple(info.normalization["std"]))
+    norm = info.body_normalization(feed)
     h, w = info.input_hw()
     warnings: list[str] = []
     if not info.tail.recognised:
         # whole-graph int8 would need float outputs and failed on every real SSD we measured; refuse clearly
-        raise UserError(f"{onnx_path}: post-processing tail not recognised ({info.tail.reason}); edge-ssd converts "
-                        "pytorch-ssd style SSDs (softmax scores + decoded boxes) - run `edge-ssd inspect` for details")
+        raise UserError(f"{onnx_path}: post-processing tail not recognised ({info.tail.reason})")
     calib_images = cal.open_images(calib, split=calib_split)
     if val is not None:
         val_images = cal.open_images(val, split=val_split)
@@ -233,7 +245,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         check_imgs = []
         for k in range(len(val_images)):
             try:
-                check_imgs.append(preprocess(val_images.load(k), w, h, norm, layout="NCHW"))
+                check_imgs.append(preprocess(val_images.load(k), w, h, feed, layout="NCHW"))
             except (UserError, ValueError, OSError):
                 continue
             if len(check_imgs) >= 8:
@@ -252,11 +264,12 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         lg_names, of_names = cut_outputs(info)
         shapes = {o.name: [int(d.dim_value) for d in o.type.tensor_type.shape.dim] for o in cut.graph.output}
         t = info.tail
-        fp32 = OnnxFp32(model, info, norm)
+        label_bg = _labels_background(info, names)
+        fp32 = OnnxFp32(model, info, feed, t.background_class if label_bg is None else label_bg)
         attempts, candidates, logs = [], [], []
         for qt in order:
             od = work / f"tf_{qt}"
-            res = run_onnx2tf(cut_path, od, input_name=info.input.name, calib_npy=npy, mean=onnx_mean,
+            res = run_onnx2tf(cut_path, od, input_name=cut_input_name(info), calib_npy=npy, mean=onnx_mean,
                               std=onnx_std, quant_type=qt, input_dtype="int8", output_dtype="int8",
                               backend=backend, log_path=work / f"onnx2tf-{qt}.log", progress=progress)
             logs.append(res.log_path)
@@ -270,7 +283,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
             s_parts = _map_outputs(outs, lg_names, shapes)
             b_parts = _map_outputs(outs, of_names, shapes)
             q8 = TfliteInt8(f, norm, [d["name"] for d in s_parts], [d["name"] for d in b_parts], score_fn=t.score_fn,
-                            priors=t.priors, center_variance=t.center_variance, size_variance=t.size_variance)
+                            priors=t.priors, coding=t.coding)
             v = validate(fp32, q8, val_images, score_threshold=score_threshold, progress=progress, labels=names)
             m0 = next(iter(v["map"].values())) if v.get("map") else None
             attempts[-1]["f1"] = v["agreement"]["f1"]
@@ -332,14 +345,12 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
                             color="RGB", mean=list(norm.mean), std=list(norm.std), quant=in_spec["quant"]),
             scores=_output_spec(s_parts, "scores", t.num_priors, t.num_classes),
             boxes=_output_spec(b_parts, "boxes", t.num_priors, 4),
-            postprocess=Postprocess(score_fn=t.score_fn, box_encoding="offsets",
-                                    center_variance=t.center_variance, size_variance=t.size_variance,
-                                    priors=np.round(t.priors.astype(np.float64), 7).tolist(),
-                                    score_threshold=score_threshold),
+            postprocess=tail_postprocess(info, score_threshold, label_bg),
             labels=names,
             source={"file": onnx_path.name, "sha256": rep["source"]["sha256"], "opset": info.opset,
                     "input_shape_nchw": info.input.shape, "priors_match_mobilenet_ssd_spec": t.priors_match_spec,
-                    "raw_outputs": {"scores": t.logits_tensor, "boxes": t.offsets_tensor}},
+                    "raw_outputs": {"scores": t.logits_tensor, "boxes": t.offsets_tensor}, "family": t.family,
+                    "input_layout": info.input_layout, "graph_normalization": info.graph_norm},
             converter=converter, fidelity=fidelity,
         )
         write_manifest(out_dir, manifest)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from ..model.box import Detections, decode_boxes, hard_nms, iou_of, sigmoid, softmax
+from ..model.box import BoxCoding, Detections, decode, hard_nms, iou_of, sigmoid, softmax
 from ..model.preprocess import Normalization, apply_lut, input_lut, preprocess, resize_rgb
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ MAP_THRESHOLD = 0.01  # pytorch-ssd's evaluation threshold
 class OnnxFp32:
     """The original full model in ONNX Runtime: BGR image -> (scores (N,C), corner boxes (N,4))."""
 
-    def __init__(self, model, info, norm: Normalization):
+    def __init__(self, model, info, norm: Normalization, background: int | None = -1):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -35,18 +35,23 @@ class OnnxFp32:
         self.h, self.w = info.input_hw()
         t = info.tail
         self.outs = [t.scores_output, t.boxes_output]
+        self.background = t.background_class if background == -1 else background  # -1: the graph's
+        c_out = int(np.prod([v for v in info.outputs if v.name == t.scores_output][0].shape[-1:]))
+        self.cols = slice(t.scores_first_column, t.scores_first_column + c_out)  # the graph's own score columns
 
     def __call__(self, img):
+        from .cut import reference_outputs, source_feed
+
         x = preprocess(img, self.w, self.h, self.norm, layout="NCHW")
-        s, b = self.sess.run(self.outs, {self.name: x})
-        return s[0], b[0]
+        s, b = self.sess.run(self.outs, {self.name: source_feed(self.info, x)})
+        return reference_outputs(self.info, s, b)
 
 
 class TfliteInt8:
     """The converted model in LiteRT + the host tail, fed exactly as the device feeds it (LUT for int8 input)."""
 
     def __init__(self, tflite_path, norm: Normalization, scores_name, boxes_name,
-                 score_fn: str = "none", priors=None, center_variance=0.1, size_variance=0.2, threads: int = 2):
+                 score_fn: str = "none", priors=None, coding: BoxCoding | None = None, threads: int = 2):
         """``scores_name``/``boxes_name``: an output name, or a list of per-head output names concatenated
         along the priors axis (as the device does)."""
         from ai_edge_litert.interpreter import Interpreter
@@ -65,7 +70,7 @@ class TfliteInt8:
             scale, zp = self.inp["quantization"]
             self.lut = input_lut(norm, scale, zp, dtype=self.inp["dtype"])
         self.score_fn, self.priors = score_fn, priors
-        self.cv, self.sv = center_variance, size_variance
+        self.coding = coding or BoxCoding()
 
     @staticmethod
     def _deq(d, a):
@@ -83,6 +88,7 @@ class TfliteInt8:
         self.it.invoke()
         s = np.concatenate([self._deq(d, self.it.get_tensor(d["index"])) for d in self.s_dets], axis=1)[0]
         b = np.concatenate([self._deq(d, self.it.get_tensor(d["index"])) for d in self.b_dets], axis=1)[0]
+        s, b = s.reshape(-1, s.shape[-1]), b.reshape(-1, 4)
         return s, b
 
     def __call__(self, img):
@@ -92,7 +98,7 @@ class TfliteInt8:
         elif self.score_fn == "sigmoid":
             s = sigmoid(s)
         if self.priors is not None:
-            b = decode_boxes(b, self.priors, self.cv, self.sv)
+            b = decode(b, self.priors, self.coding)
         return s, b
 
 
@@ -160,18 +166,19 @@ def validate(fp32: OnnxFp32, int8: TfliteInt8, images, *, score_threshold: float
             continue
         s0, b0 = fp32(img)
         s1, b1 = int8(img)
-        ds, db = np.abs(s1 - s0), np.abs(b1 - b0)
+        ds, db = np.abs(s1[:, fp32.cols] - s0[:, fp32.cols]), np.abs(b1 - b0)
         es_max, eb_max = max(es_max, float(ds.max())), max(eb_max, float(db.max()))
         es_sum += float(ds.sum())
         eb_sum += float(db.sum())
         n_el_s += ds.size
         n_el_b += db.size
-        d0 = hard_nms(s0, b0, iou_threshold, score_threshold)
-        d1 = hard_nms(s1, b1, iou_threshold, score_threshold)
+        bg = fp32.background
+        d0 = hard_nms(s0, b0, iou_threshold, score_threshold, background=bg)
+        d1 = hard_nms(s1, b1, iou_threshold, score_threshold, background=bg)
         agree.add(d0, d1)
         key = (images.refs[k][0], images.sample(k).image_id)
-        dets_fp[key] = hard_nms(s0, b0, iou_threshold, MAP_THRESHOLD)
-        dets_q[key] = hard_nms(s1, b1, iou_threshold, MAP_THRESHOLD)
+        dets_fp[key] = hard_nms(s0, b0, iou_threshold, MAP_THRESHOLD, background=bg)
+        dets_q[key] = hard_nms(s1, b1, iou_threshold, MAP_THRESHOLD, background=bg)
         if len(examples) < keep:
             examples.append((str(images.path(k)), img, d0, d1))
         used += 1

@@ -51,6 +51,22 @@ class PostprocessConfig:
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     candidate_size: int = 200
     top_k: int = -1
+    # the family's layout of offsets, priors and corners (bundle.Postprocess's orders; default pytorch-ssd)
+    coding: boxlib.BoxCoding = field(default_factory=boxlib.BoxCoding)
+    # the scores output starts at this logit column (a source graph that slices its background column off):
+    # the host puts the missing columns back as zeros so class ids match the labels
+    score_offset: int = 0
+
+    @classmethod
+    def from_manifest(cls, pp) -> PostprocessConfig:
+        """From a :class:`edge_ssd.model.bundle.Postprocess`."""
+        coding = boxlib.BoxCoding(offset_order=pp.offset_order, variances=tuple(pp.variances_in_offset_order()),
+                                  prior_layout=pp.prior_layout, box_order=pp.box_order)
+        priors = None if pp.priors is None else np.asarray(pp.priors, dtype=np.float32).reshape(-1, 4)
+        return cls(score_fn=pp.score_fn, box_encoding=pp.box_encoding, priors=priors,
+                   center_variance=pp.center_variance, size_variance=pp.size_variance, background=pp.background_class,
+                   iou_threshold=pp.iou_threshold, score_threshold=pp.score_threshold,
+                   candidate_size=pp.candidate_size, top_k=pp.top_k, coding=coding)
 
 
 @dataclass
@@ -134,7 +150,12 @@ class Detector:
         self._rgb = np.empty((self._h, self._w, 3), np.uint8)
         self._hwc = np.empty((self._h, self._w, 3), self._lut_cv.dtype)  # scratch for NCHW models
         self._tensor = self.new_input_buffer()
-        self._priors = post.priors if post.box_encoding == "offsets" else None
+        # priors in (cx, cy, w, h) once, so the per-frame decode only permutes the offsets of a family's layout
+        self._priors = None
+        if post.box_encoding == "offsets" and post.priors is not None:
+            self._priors = post.coding.canonical_priors(post.priors)
+        self._coding = None if post.coding == boxlib.BoxCoding.pytorch_ssd(post.center_variance, post.size_variance) \
+            else post.coding.with_canonical_priors()
 
     # -- properties -------------------------------------------------------------------------------------
     @property
@@ -188,10 +209,20 @@ class Detector:
     def postprocess(self, raw: dict[str, np.ndarray], score_threshold: float | None = None) -> Detections:
         p = self.post
         thr = self.score_threshold if score_threshold is None else score_threshold
+        scores = raw[self.scores_name]
+        if p.score_offset:
+            scores = self._pad_columns(scores)
         return boxlib.postprocess(
-            raw[self.scores_name], raw[self.boxes_name], self._priors, score_fn=p.score_fn,
+            scores, raw[self.boxes_name], self._priors, score_fn=p.score_fn,
             center_variance=p.center_variance, size_variance=p.size_variance, iou_threshold=p.iou_threshold,
-            prob_threshold=thr, candidate_size=p.candidate_size, top_k=p.top_k, background=p.background)
+            prob_threshold=thr, candidate_size=p.candidate_size, top_k=p.top_k, background=p.background,
+            coding=self._coding)
+
+    def _pad_columns(self, scores: np.ndarray) -> np.ndarray:
+        s = scores.reshape(-1, scores.shape[-1])
+        out = np.zeros((s.shape[0], s.shape[1] + self.post.score_offset), s.dtype)
+        out[:, self.post.score_offset:] = s
+        return out
 
     def detect(self, bgr: np.ndarray, score_threshold: float | None = None) -> Detections:
         """Detections (normalised corner boxes, score-sorted) of one BGR frame."""
@@ -330,11 +361,7 @@ def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Dete
                         f"{list(be.input.shape)}; re-run `edge-ssd convert`")
     inp = InputConfig(width=ins.width, height=ins.height, layout=ins.layout, color=ins.color,
                       norm=Normalization(tuple(ins.mean), tuple(ins.std)))
-    pp = m.postprocess
-    post = PostprocessConfig(score_fn=pp.score_fn, box_encoding=pp.box_encoding, priors=m.priors_array(),
-                             center_variance=pp.center_variance, size_variance=pp.size_variance,
-                             background=pp.background_class, iou_threshold=pp.iou_threshold,
-                             score_threshold=pp.score_threshold, candidate_size=pp.candidate_size, top_k=pp.top_k)
+    post = PostprocessConfig.from_manifest(m.postprocess)
     lab = _labels_for(p, labels, None) if labels else list(m.labels)
     name = p.name[:-len(".bundle")] if p.name.endswith(".bundle") else p.name
     return Detector(be, lab, inp, post, scores_name, boxes_name, name=name, source_path=str(p), **parts)
