@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-step, idempotent set-up of a development / CI machine (Debian or Raspberry Pi OS):
-#   - apt: mosquitto (the tests start their own broker on 127.0.0.1), systemd (systemd-analyze verify)
+#   - apt: mosquitto (the tests start their own broker on 127.0.0.1), systemd (systemd-analyze verify),
+#     debootstrap + zstd (the cached Debian roots of tests/_debroot.py)
 #   - .venv (Python 3.11): edge-ssd with the dev extras (torch CPU, onnx, onnxruntime, LiteRT, pytest ...)
 #   - convert/.venv (Python >= 3.12): the pinned onnx2tf toolchain (convert/requirements.txt)
 #   - with --with-tf: convert/.venv-tf, onnx2tf's TensorFlow backend (2.7 GB; `edge-ssd convert --backend tf_converter`)
@@ -23,6 +24,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)  # tests/test_install.py lints deploy/install.sh
+# tests/_debroot.py: Debian 12/13 roots for the installer test (tests/test_install_debian.py)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "apt-get install ${need_apt[*]}"

@@ -46,9 +46,8 @@ def _f1(ref, got, iou_thr: float = 0.5) -> tuple[float, int]:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_tf_family_bundle_decodes_like_the_source(tmp_path, variant):
     from edge_ssd.convert.calibrate import open_images
-    from edge_ssd.convert.cut import reference_outputs, source_feed
     from edge_ssd.convert.inspect import load_and_inspect
-    from edge_ssd.model.box import hard_nms
+    from edge_ssd.model.box import Detections, hard_nms, to_xyxy
     from edge_ssd.model.preprocess import Normalization, preprocess
     from edge_ssd.nets.tfod import TfTail, export_tf_od_api_style
     from edge_ssd.runtime.detector import load_detector
@@ -71,9 +70,10 @@ def test_tf_family_bundle_decodes_like_the_source(tmp_path, variant):
     assert pp["background_class"] == (0 if tail.get("background", True) else None)
     assert len(m["scores"]["parts"]) == len(m["boxes"]["parts"]) == 6  # cut per head, each its own int8 scale
 
-    # the device's loader and decode against ONNX Runtime on the source ONNX, on held-out images
+    # the device's loader and decode against plain ONNX Runtime on the source ONNX, on held-out images
     det = load_detector(out)
     model, info = load_and_inspect(src)
+    t = info.tail
     sess = onnx_session(model)
     feed = Normalization((0.0,) * 3, (1.0,) * 3) if info.graph_norm else Normalization((127.5,) * 3, (127.5,) * 3)
     h, w = info.input_hw()
@@ -81,10 +81,11 @@ def test_tf_family_bundle_decodes_like_the_source(tmp_path, variant):
     f1s, n_ref = [], 0
     for k in range(len(test)):
         img = test.load(k)
-        s, b = sess.run([info.tail.scores_output, info.tail.boxes_output],
-                        {info.input.name: source_feed(info, preprocess(img, w, h, feed))})
-        s, b = reference_outputs(info, s, b)
-        ref = hard_nms(s, b, 0.45, 0.5, background=pp["background_class"])
+        x = preprocess(img, w, h, feed, layout=info.input_layout)
+        outs = sess.run([t.scores_output, t.boxes_output], {info.input.name: x})
+        s, b = (v.reshape(t.num_priors, -1) for v in outs)
+        ref = hard_nms(s, to_xyxy(b, pp["box_order"]), 0.45, 0.5, background=None)  # the graph's own outputs
+        ref = Detections(ref.boxes, ref.scores, ref.class_ids + t.scores_first_column)  # the graph's own columns
         got = det.detect(img)
         f1s.append(_f1(ref, got)[0])
         n_ref += len(ref)

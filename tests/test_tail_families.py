@@ -79,20 +79,35 @@ def test_tf_od_api_variants_recognised_and_proved(tf_models, face_info, variant)
 
 def test_cut_of_tf_variant_reproduces_the_graph(tf_models):
     """Cut at the per-head tensors (reshaped to (1, rows, K)), body from after the graph's own normalisation:
-    cut body + host decode == the full graph on real photos."""
-    from edge_ssd.convert.cut import cut_input_name, cut_model, self_check
+    cut body + the one decode == the source graph read by the runtime's ONNX loader, on real photos."""
+    from edge_ssd.convert.cut import cut_input_name, cut_model, cut_outputs, source_postprocess
     from edge_ssd.convert.inspect import load_and_inspect
+    from edge_ssd.model.box import decode, sigmoid
     from edge_ssd.model.preprocess import Normalization, preprocess, read_image
+    from edge_ssd.runtime.detector import load_detector
+    from edge_ssd.runtime.onnx import onnx_session
 
-    model, info = load_and_inspect(tf_models["nhwc-sliced-bg"])
+    src = tf_models["nhwc-sliced-bg"]
+    model, info = load_and_inspect(src)
+    t = info.tail
     cut = cut_model(model, info)
     assert [i.name for i in cut.graph.input] == [cut_input_name(info)]
     assert [int(d.dim_value) for d in cut.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 240, 320]
     assert all(len(o.type.tensor_type.shape.dim) == 3 for o in cut.graph.output) and len(cut.graph.output) == 8
-    raw = Normalization((0.0,) * 3, (1.0,) * 3)
-    imgs = [preprocess(read_image(p), 320, 240, raw) for p in sorted(FACES.glob("*.jpg"))]
-    chk = self_check(model, cut, info, imgs)
-    assert chk.ok and chk.scores_max_abs < 1e-5 and chk.boxes_max_abs < 1e-5
+    raw = Normalization((0.0,) * 3, (1.0,) * 3)  # the graph normalises itself: raw pixels in
+    ref = load_detector(src, backend="onnxruntime", normalization=raw, postprocess=source_postprocess(info, 0))
+    body = onnx_session(cut)
+    lg, of = cut_outputs(info)
+    a = np.asarray(info.graph_norm["scale"], np.float32)[None, :, None, None]
+    b = np.asarray(info.graph_norm["offset"], np.float32)[None, :, None, None]
+    for p in sorted(FACES.glob("*.jpg")):
+        img = read_image(p)
+        s_ref, b_ref = ref.decode(ref.infer(ref.preprocess(img)))
+        outs = body.run(lg + of, {cut_input_name(info): preprocess(img, 320, 240, raw) * a + b})
+        s = sigmoid(np.concatenate(outs[:4], axis=1)[0])
+        bx = decode(np.concatenate(outs[4:], axis=1)[0], t.priors, t.coding)
+        assert np.isnan(s_ref[:, 0]).all()  # the background column the graph slices off: not compared
+        assert np.abs(s[:, 1:] - s_ref[:, 1:]).max() < 1e-5 and np.abs(bx - b_ref).max() < 1e-5
 
 
 def test_inspect_cli_shows_the_tf_layout(tf_models):

@@ -15,7 +15,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input", metavar="INPUT", help="image, folder, video, camera index, picamera2 or URL")
     p.add_argument("--model", "-m", required=True, help="bundle directory, .onnx or .tflite model")
-    p.add_argument("--labels", help="labels file (one per line) when the model has none")
+    p.add_argument("--labels", help="labels file, one name per line (default: the model's metadata, the bundle's "
+                                    "manifest, or <model>-labels.txt / <model>.txt beside it; else class1... "
+                                    "with a warning)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per frame (boxes in pixels of the original frame)")
     p.add_argument("--save", metavar="DIR", help="write annotated images (or an annotated video) into DIR")

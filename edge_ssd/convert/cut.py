@@ -1,19 +1,19 @@
 """Cut an SSD ONNX model before its post-processing tail, and prove the cut on real images.
 
 The cut model keeps the body (input -> raw class logits ``1xNxC`` and raw box offsets ``1xNx4``); the tail
-(softmax + box decode against the priors) runs in float on the host with :mod:`edge_ssd.model.box`.
+(head concatenation, softmax + box decode against the priors) runs in float on the host, in the runtime
+(:class:`edge_ssd.runtime.detector.Detector`). The converter proves the cut by running the float body through
+the runtime against the source model (``convert.api._cut_check``).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..model.box import decode, sigmoid, softmax
 from .inspect import ModelInfo, run_onnx_tensors, subgraph
 
 _SAFE = re.compile(r"^[A-Za-z0-9_/][A-Za-z0-9_./-]*$")  # tensor names onnx2tf keeps as they are
@@ -103,35 +103,6 @@ def _rename_input(model, old: str, new: str) -> None:
                 n.input[k] = new
 
 
-def source_feed(info: ModelInfo, x_nchw: np.ndarray) -> np.ndarray:
-    """An NCHW batch (preprocessed with the feed normalisation) in the source graph's input layout."""
-    return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1)) if info.input_layout == "NHWC" else x_nchw
-
-
-def body_feed(info: ModelInfo, x_nchw: np.ndarray) -> np.ndarray:
-    """An NCHW batch (feed normalisation) as the cut body's input: with the graph's own normalisation applied."""
-    if not info.graph_norm:
-        return x_nchw
-    a = np.asarray(info.graph_norm["scale"], np.float32)[None, :, None, None]
-    b = np.asarray(info.graph_norm["offset"], np.float32)[None, :, None, None]
-    return (x_nchw * a + b).astype(np.float32)
-
-
-def reference_outputs(info: ModelInfo, scores: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The source graph's (scores, boxes) outputs of one image as (N, C) scores over every logit column (the
-    columns the graph slices off, i.e. its background, as zeros) and (N, 4) x1,y1,x2,y2 boxes: comparable
-    class for class with the host tail's."""
-    t = info.tail
-    s = np.asarray(scores, np.float32).reshape(t.num_priors, -1)
-    if s.shape[1] != t.num_classes:
-        full = np.zeros((t.num_priors, t.num_classes), np.float32)
-        full[:, t.scores_first_column:t.scores_first_column + s.shape[1]] = s
-        s = full
-    b = np.asarray(boxes, np.float32).reshape(t.num_priors, 4)
-    idx = [t.coding.box_order.split(",").index(k) for k in ("x1", "y1", "x2", "y2")]
-    return s, b[:, idx]
-
-
 def tail_postprocess(info: ModelInfo, score_threshold: float, background: int | None = None):
     """The bundle's :class:`~edge_ssd.model.bundle.Postprocess`: the proved tail as data (the host decodes the
     raw outputs with it). ``background`` overrides the graph's (e.g. labels that name column 0 BACKGROUND)."""
@@ -147,47 +118,16 @@ def tail_postprocess(info: ModelInfo, score_threshold: float, background: int | 
                        score_threshold=score_threshold)
 
 
-def host_tail(logits: np.ndarray, offsets: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
-    """The float tail on the host: (scores, corner boxes) of one image from raw outputs."""
+def source_postprocess(info: ModelInfo, background: int | None):
+    """How the runtime reads the *source* graph's outputs (the reference for validation): probabilities over the
+    graph's own columns (padded back to every logit column), decoded corners in the graph's box order."""
+    from ..model.box import BoxCoding
+    from ..runtime.detector import PostprocessConfig
+
     t = info.tail
-    lg = logits.reshape(t.num_priors, -1)
-    of = offsets.reshape(t.num_priors, 4)
-    scores = softmax(lg) if t.score_fn == "softmax" else sigmoid(lg)
-    return scores, decode(of, t.priors, t.coding)
-
-
-@dataclass
-class CutCheck:
-    images: int
-    scores_max_abs: float
-    boxes_max_abs: float
-    ok: bool
-
-
-def self_check(model, cut, info: ModelInfo, batches: list[np.ndarray], tol: float = 1e-4) -> CutCheck:
-    """Full model vs cut model + host tail on real preprocessed images (NCHW float batches of one, normalised as
-    the source graph is fed)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    full = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    part = ort.InferenceSession(cut.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    name, body = info.input.name, cut_input_name(info)
-    t = info.tail
-    es, eb = 0.0, 0.0
-    lg_names, of_names = cut_outputs(info)
-    for x in batches:
-        ref = full.run([t.scores_output, t.boxes_output], {name: source_feed(info, x)})
-        s_ref, b_ref = reference_outputs(info, *ref)
-        outs = part.run(lg_names + of_names, {body: body_feed(info, x)})
-        lg = np.concatenate(outs[:len(lg_names)], axis=1)
-        of = np.concatenate(outs[len(lg_names):], axis=1)
-        s, b = host_tail(lg, of, info)
-        cols = slice(t.scores_first_column, t.scores_first_column + ref[0].shape[-1])  # the graph's own columns
-        es = max(es, float(np.max(np.abs(s[:, cols] - s_ref[:, cols]))))
-        eb = max(eb, float(np.max(np.abs(b - b_ref))))
-    return CutCheck(len(batches), es, eb, bool(es <= tol and eb <= tol))
+    return PostprocessConfig(score_fn="none", box_encoding="corners", background=background,
+                             coding=BoxCoding(box_order=t.coding.box_order), score_offset=t.scores_first_column,
+                             num_classes=t.num_classes)
 
 
 def save_cut(cut, path: str | Path) -> Path:

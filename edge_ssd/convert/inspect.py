@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import DependencyError, UserError
 from ..model.box import BoxCoding, decode, from_xyxy, sigmoid, softmax
+from ..model.labels import LABELS_KEY
 from ..model.preprocess import Normalization
 from ..model.priors import IMAGE_MEAN, IMAGE_STD, MOBILENET_SSD_SPECS, generate_priors
 
@@ -47,7 +48,6 @@ ORDER_OPS = {"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 PROLOGUE_OPS = {"Transpose", "Mul", "Div", "Add", "Sub", "Cast", "Identity"}
 CONV_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "QLinearConv"}
 SCORE_FNS = ("softmax", "sigmoid")
-LABELS_KEY = "edge_ssd.labels"
 HATCH = "--raw-outputs SCORES,BOXES (the raw logits and offsets tensors; `edge-ssd inspect` lists the graph)"
 
 

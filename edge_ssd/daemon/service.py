@@ -11,23 +11,27 @@ systemd integration (``Type=notify``):
   - SIGHUP: re-read and validate the config; a bad config is logged (``file:line: key: problem``) and the
     daemon keeps running with the old one; a good one restarts the pipeline and the publisher in-process
     (the detector is reused when the ``model`` section did not change).
+  - ``rollout.enabled``: bundle roll-out commands over MQTT (edge_ssd/fleet/device.py); the swap to a new bundle,
+    its first-frames check and the roll-back happen here, on the main loop.
 When every source is finite (files, folders) and has ended, the daemon flushes and exits 0.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from ..model.bundle import fingerprint
-from ..publish.messages import SCHEMA, json_bytes
+from ..publish.messages import json_bytes
 from ..publish.topics import Topics
-from .config import Config, ConfigError, LoadedConfig, load_config
-from .health import Watchdog, source_status, stats_message
+from .config import Config, ConfigError, LoadedConfig, load_config, source_rules, tracker_settings
+from .health import Watchdog, source_status, starting_status, stats_message
 from .sdnotify import Notifier, watchdog_interval
 
 log = logging.getLogger("edge_ssd.daemon")
@@ -35,6 +39,15 @@ log = logging.getLogger("edge_ssd.daemon")
 READY_TIMEOUT = 60.0
 STATUS_INTERVAL = 5.0
 TICK = 0.1
+
+
+@dataclass
+class _Probation:
+    """A new bundle on trial: kept after ``check_frames`` good frames, else ``previous`` comes back."""
+
+    candidate: object  # fleet.device.Candidate
+    previous: object  # the Detector to go back to
+    deadline: float
 
 
 class Daemon:
@@ -50,9 +63,13 @@ class Daemon:
         self.spool = None
         self.publisher = None
         self.mqtt_sink = None
+        self.hub = None
+        self.metrics = None  # the Prometheus endpoint (metrics: section), kept across reloads
         self.model_sha: str | None = None  # fingerprint of the loaded model (reload compares it)
         self.ready = False
         self.started = time.monotonic()
+        self.rollout = None
+        self._probation: _Probation | None = None
 
     # -- components -----------------------------------------------------------------------------------------
     def _pipeline_sources(self, cfg: Config, labels: list[str]):
@@ -79,6 +96,8 @@ class Daemon:
     def _start(self, loaded: LoadedConfig, reuse_detector: bool = False) -> None:
         from ..capture import source_kind
         from ..publish.filesink import FileSink
+        from ..publish.hub import Hub
+        from ..publish.identity import MessageIds
         from ..publish.stdout import StdoutSink
         from ..runtime import Pipeline, load_detector
 
@@ -86,24 +105,33 @@ class Daemon:
         logging.getLogger().setLevel(cfg.log_level.upper())
         if not (reuse_detector and self.detector is not None):
             self.notifier.status(f"loading model {cfg.model.bundle}")
-            self.model_sha = fingerprint(cfg.model.bundle)
-            self.detector = load_detector(cfg.model.bundle, backend=cfg.model.backend, threads=cfg.model.threads)
+            bundle = self.rollout.bundle_for() if self.rollout else cfg.model.bundle
+            self.model_sha = fingerprint(bundle)
+            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads)
         det = self.detector
-        sinks = []
+        outputs = []
         if cfg.sinks.file:
             f = cfg.sinks.file
-            sinks.append(FileSink(f.path, cfg.device, max_bytes=f.max_bytes, backups=f.backups))
+            outputs.append(FileSink(f.path, max_bytes=f.max_bytes, backups=f.backups))
         if cfg.stdout_enabled:
-            sinks.append(StdoutSink(cfg.device))
+            outputs.append(StdoutSink())
         if cfg.mqtt:
-            sinks.append(self._start_mqtt(loaded, det))
+            outputs.append(self._start_mqtt(loaded, det))
+        # the run counter lives beside the spool; a stdout/file-only run without a state directory gets a random run
+        keep = cfg.mqtt or cfg.spool.dir or os.environ.get("STATE_DIRECTORY")
+        ids = MessageIds(cfg.spool.resolved_dir() if keep else None)
+        self.hub = Hub(cfg.device, ids, outputs, rules=source_rules(cfg),
+                       tracking=tracker_settings(cfg))
+        if self.metrics is not None:
+            self.hub.observer = self.metrics.observe
         process_all = all(source_kind(s.url) in ("file", "images") and not s.loop for s in cfg.sources)
-        self.pipeline = Pipeline(det, self._pipeline_sources(cfg, det.labels), sinks, process_all=process_all)
+        self.pipeline = Pipeline(det, self._pipeline_sources(cfg, det.labels), [self.hub], process_all=process_all)
         self.pipeline.start()
         self.loaded = loaded
+        log.info("publishing as run %s (message ids %s-<n>)", self.hub.ids.run, self.hub.ids.run)
 
     def _start_mqtt(self, loaded: LoadedConfig, det):
-        from ..publish.homeassistant import discovery_messages, labels_for_source
+        from ..publish.homeassistant import DeviceDiscovery, labels_for_source
         from ..publish.mqtt import MqttPublisher, MqttSink
         from ..publish.spool import Spool
 
@@ -118,16 +146,22 @@ class Daemon:
             m.host, m.port, topics=topics, spool=self.spool, client_id=cfg.client_id(), username=m.username,
             password=loaded.password, tls=m.tls, keepalive=m.keepalive, qos=m.qos, min_delay=m.reconnect_min_delay,
             max_delay=m.reconnect_max_delay, inflight=m.inflight,
-            discovery_prefix=ha.discovery_prefix if ha.enabled else None)
+            discovery_prefix=ha.discovery_prefix if ha.enabled else None, protocol=m.protocol,
+            expiry={"detections": m.expiry.detections, "events": m.expiry.events})
         count_labels = {s.name: labels_for_source(cfg, i, det.labels) if (ha.enabled or s.labels.include) else []
                         for i, s in enumerate(cfg.sources)}
         if ha.enabled:
-            self.publisher.set_discovery(discovery_messages(cfg, topics, det.labels, det.name))
-        for s in cfg.sources:
-            self.publisher.set_state(topics.status(s.name), json_bytes({"schema": SCHEMA, "state": "starting"}),
+            self.publisher.set_discovery(DeviceDiscovery.for_config(cfg, topics, det.labels, det.name))
+        for s in cfg.sources:  # every field the status carries, null until measured (Home Assistant: unknown)
+            self.publisher.set_state(topics.status(s.name), json_bytes(starting_status(s.name)),
                                      retain=m.retain.status)
-        self.mqtt_sink = MqttSink(self.publisher, cfg.device, count_labels=count_labels,
+        if self.rollout is not None:
+            self.publisher.subscribe(topics.model_set, self.rollout.on_command("device"))
+            self.publisher.subscribe(topics.fleet_model_set, self.rollout.on_command("all"))
+        self.mqtt_sink = MqttSink(self.publisher, count_labels=count_labels,
+                                  zones={s.name: {z.name: z.labels for z in s.zones} for s in cfg.sources},
                                   retain_counts=m.retain.counts, retain_detections=m.retain.detections,
+                                  detections=m.detections, events=m.events,
                                   snapshots={s.name for s in cfg.sources if s.snapshot})
         self.publisher.start()
         return self.mqtt_sink
@@ -144,7 +178,7 @@ class Daemon:
                             len(self.spool), self.spool.dir)
         if self.spool is not None:
             self.spool.close()
-        self.pipeline = self.publisher = self.spool = self.mqtt_sink = None
+        self.pipeline = self.publisher = self.spool = self.mqtt_sink = self.hub = None
         return drained
 
     # -- periodic work --------------------------------------------------------------------------------------
@@ -165,11 +199,22 @@ class Daemon:
             self.publisher.set_state(self.publisher.topics.status(s.name), json_bytes(st),
                                      retain=cfg.mqtt.retain.status)
 
-    def _publish_stats(self) -> dict:
-        ps = self.pipeline.stats()
+    def stats(self) -> dict | None:
+        """The stats message (the stats topic and the metrics endpoint); None while (re)starting."""
+        pipeline, hub = self.pipeline, self.hub
+        if pipeline is None or hub is None or self.loaded is None:
+            return None
         spool = self.spool.stats() if self.spool is not None else None
         mqtt = self.publisher.stats() if self.publisher is not None else None
-        msg = stats_message(self.loaded.config.device, ps, spool, mqtt, self.started, self._source_fps())
+        msg = stats_message(self.loaded.config.device, pipeline.stats(), spool, mqtt, self.started,
+                            self._source_fps())
+        e2e = hub.e2e_ms.summary()
+        msg["latency_e2e_ms"] = {"p50": e2e["p50"], "p95": e2e["p95"]}
+        msg["events"] = hub.events
+        return msg
+
+    def _publish_stats(self) -> dict:
+        msg = self.stats()
         if self.publisher is not None:
             retain = self.loaded.config.mqtt.retain.stats
             self.publisher.set_state(self.publisher.topics.stats, json_bytes(msg), retain=retain)
@@ -198,6 +243,8 @@ class Daemon:
             self.notifier.notify("READY=1", "STATUS=reload failed: " + e.problems[0])
             return
         log.info("reload: applying %s", self.config_path)
+        if self.loaded is not None and new.config.metrics != self.loaded.config.metrics:
+            log.warning("reload: the metrics section changed; it takes effect at the next restart")
         same_model = self.loaded is not None and new.config.model == self.loaded.config.model
         if same_model and fingerprint(new.config.model.bundle) != self.model_sha:
             log.info("reload: %s changed on disk (sha256 %s -> %s): loading the new model",
@@ -205,12 +252,71 @@ class Daemon:
                      (fingerprint(new.config.model.bundle) or "unreadable")[:12])
             same_model = False
         self._stop_components(self.loaded.config.flush_timeout if self.loaded else 5.0)
+        self._probation = None  # a bundle on trial is not committed: the next command delivery tries it again
+        self._make_rollout(new.config)
         try:
             self._start(new, reuse_detector=same_model)
         except UserError as e:
             log.error("reload: %s; keeping the previous config", e)
             self._start(self.loaded, reuse_detector=same_model)
         self.notifier.notify("READY=1", f"STATUS=reloaded: {self._status_line()}")
+
+    # -- bundle roll-out -----------------------------------------------------------------------------------
+    def _make_rollout(self, cfg: Config) -> None:
+        from ..fleet.device import Rollout
+
+        if self.rollout is not None:
+            self.rollout.stop()
+        r = cfg.rollout
+        self.rollout = Rollout(r.resolved_dir(), r.public_key, cfg.model.bundle).start() if r.enabled else None
+
+    def _publish_rollout_reports(self) -> None:
+        for msg in self.rollout.take_reports():
+            if self.publisher is not None:
+                self.publisher.publish_durable(self.publisher.topics.model_state, json_bytes(msg), qos=1, retain=True)
+
+    def _rollout_tick(self, now: float) -> None:
+        self._publish_rollout_reports()
+        if self._probation is not None:
+            self._check_probation(now)
+            return
+        cand = self.rollout.take_candidate()
+        if cand is None:
+            return
+        from ..runtime import load_detector
+
+        m = self.loaded.config.model
+        try:
+            det = load_detector(cand.path, backend=m.backend, threads=m.threads)
+        except UserError as e:
+            self.rollout.failed(cand, f"cannot load bundle {cand.command.version}: {e}")
+            return
+        log.info("rollout: switching to bundle %s (%s)", cand.command.version, cand.path)
+        self._probation = _Probation(cand, self.detector, now + self.loaded.config.rollout.check_timeout)
+        self._swap_detector(det)
+
+    def _swap_detector(self, det) -> None:
+        self._stop_components(self.loaded.config.flush_timeout)
+        self.detector = det
+        self._start(self.loaded, reuse_detector=True)
+
+    def _check_probation(self, now: float) -> None:
+        p, pb, r = self.pipeline, self._probation, self.loaded.config.rollout
+        errors = p.dropped.get("error", 0) + p.dropped.get("crash", 0)
+        if errors == 0 and p.processed >= r.check_frames:
+            self._probation = None
+            self.rollout.activate(pb.candidate)
+            return
+        if errors:
+            reason = f"{errors} frame(s) failed on the new bundle within its first {p.processed + errors}"
+        elif now > pb.deadline:
+            reason = f"only {p.processed} of {r.check_frames} frames processed within {r.check_timeout:g} s"
+        else:
+            return
+        log.error("rollout: %s; rolling back", reason)
+        self._probation = None
+        self._swap_detector(pb.previous)
+        self.rollout.rolled_back(pb.candidate, reason)
 
     # -- main ---------------------------------------------------------------------------------------------
     def _signals(self) -> None:
@@ -221,6 +327,12 @@ class Daemon:
     def run(self) -> int:
         loaded = load_config(self.config_path)
         self._signals()
+        self._make_rollout(loaded.config)
+        if loaded.config.metrics:
+            from .metrics import Metrics
+
+            mc = loaded.config.metrics
+            self.metrics = Metrics(mc.port, mc.host, self.stats).start()
         log.info("edge-ssd daemon starting: device %s, %d source(s)%s", loaded.config.device,
                  len(loaded.config.sources),
                  f", mqtt {loaded.config.mqtt.host}:{loaded.config.mqtt.port}" if loaded.config.mqtt else "")
@@ -237,12 +349,15 @@ class Daemon:
                 self._reload.clear()
                 self._do_reload()
                 continue
+            if self.rollout is not None:
+                self._rollout_tick(now)
             p = self.pipeline
             if not self.ready and (p.processed >= 1 or now - t_start > READY_TIMEOUT):
                 self.ready = True
                 why = "" if p.processed else f" (no frame within {READY_TIMEOUT:.0f} s)"
                 log.info("ready: model loaded, %d frame(s) processed%s", p.processed, why)
                 self.notifier.ready(f"running{why}: {self._status_line()}")
+            self.hub.tick()
             if self.watchdog.due(p.last_progress, now):
                 self.notifier.watchdog()
             if now >= next_status:
@@ -261,7 +376,12 @@ class Daemon:
             self.pipeline.stop(drain=True)
             if self.publisher is not None:
                 self._publish_stats()
+        if self.rollout is not None:
+            self.rollout.stop()
+            self._publish_rollout_reports()
         drained = self._stop_components(self.loaded.config.flush_timeout)
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("stopped%s", "" if drained else " (spool not empty)")
         self.notifier.close()
         return 0
