@@ -826,8 +826,9 @@ def format_info(info: ModelInfo) -> str:
     lines.append(f"normalise:    {info.normalization['preset']} (feed mean {info.normalization['mean']}, "
                  f"std {info.normalization['std']}; change with --mean/--std)")
     if info.body_input != info.input.name:
-        lines.append(f"body input:   {info.body_input} {info.body_shape} (after the graph's own "
-                     f"{'normalisation' if info.graph_norm else 'transpose'}; folded into the bundle's input table)")
+        what = "normalisation, folded into the bundle's input table" if info.graph_norm else "input layout ops"
+        lines.append(f"body input:   {info.body_input} {info.body_shape} (the int8 body starts after the graph's "
+                     f"own {what})")
     lines.append(f"labels:       {info.labels if info.labels else 'none in metadata (pass --labels FILE)'}")
     if t.recognised:
         c = t.coding
