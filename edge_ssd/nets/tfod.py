@@ -168,9 +168,10 @@ def export_tf_od_api_style(src_onnx: str | Path, out_path: str | Path, tail: TfT
     g = _Nodes()
     c_in = t.num_classes
     heads = []
-    for k, (lg, of) in enumerate(zip(t.logits_parts, t.offsets_parts, strict=True)):
-        cc, bc = _conv_of(model, lg), _conv_of(model, of)
-        n_anchor = info_shape(model, cc.output[0])[1] // c_in
+    convs = [(_conv_of(model, lg), _conv_of(model, of)) for lg, of in zip(t.logits_parts, t.offsets_parts, strict=True)]
+    channels = [sh[1] for sh in _shapes(model, [cc.output[0] for cc, _ in convs])]  # before any head is re-mixed
+    for k, ((cc, bc), ch) in enumerate(zip(convs, channels, strict=True)):
+        n_anchor = ch // c_in
         _remix(model, cc, _class_matrix(n_anchor, c_in, tail.background), f"BoxPredictor_{k}/ClassPredictor")
         _remix(model, bc, _box_matrix(n_anchor), f"BoxPredictor_{k}/BoxEncodingPredictor")
         heads.append((cc.output[0], bc.output[0]))
@@ -212,12 +213,12 @@ def export_tf_od_api_style(src_onnx: str | Path, out_path: str | Path, tail: TfT
     return Path(out_path)
 
 
-def info_shape(model, tensor: str) -> list[int]:
+def _shapes(model, tensors: list[str]) -> list[list[int]]:
     from ..convert.inspect import real_inputs, run_onnx_tensors
 
     inp = real_inputs(model)[0]
     shape = [int(d.dim_value) for d in inp.type.tensor_type.shape.dim]
-    return list(run_onnx_tensors(model, {inp.name: np.zeros(shape, np.float32)}, [tensor])[0].shape)
+    return [list(v.shape) for v in run_onnx_tensors(model, {inp.name: np.zeros(shape, np.float32)}, tensors)]
 
 
 def _prologue(g: _Nodes, body_input: str, nchw: list[int], tail: TfTail):
