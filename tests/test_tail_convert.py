@@ -65,7 +65,7 @@ def test_tf_family_bundle_decodes_like_the_source(tmp_path, variant):
     m = json.loads((out / "manifest.json").read_text())
     pp = m["postprocess"]
     assert (pp["score_fn"], pp["offset_order"], pp["prior_layout"]) == ("sigmoid", "cy,cx,h,w", "cy,cx,h,w")
-    assert pp["variances"] == [0.1, 0.1, 0.2, 0.2]
+    assert (pp["center_variance"], pp["size_variance"], pp["variances"]) == (0.1, 0.2, None)  # 1 / (10, 10, 5, 5)
     assert pp["box_order"] == ("x1,y1,x2,y2" if tail.get("box_order") == "gather" else "y1,x1,y2,x2")
     assert pp["background_class"] == (0 if tail.get("background", True) else None)
     assert len(m["scores"]["parts"]) == len(m["boxes"]["parts"]) == 6  # cut per head, each its own int8 scale

@@ -187,3 +187,19 @@ def test_pytorch_ssd_families_keep_their_description(face_info):
     assert t.family == "pytorch-ssd" and t.coding.offset_order == "cx,cy,w,h" and t.coding.box_order == "x1,y1,x2,y2"
     assert t.coding.variances == (0.1, 0.1, 0.2, 0.2) and t.background_class == 0 and t.scores_first_column == 0
     assert face_info.graph_norm is None and face_info.body_input == face_info.input.name
+
+
+def test_manifest_description_one_source_of_truth(tf_models):
+    """The bundle's Postprocess: orders as proved; per-channel variances only when the two scalars cannot say it."""
+    from dataclasses import replace
+
+    from edge_ssd.convert.cut import tail_postprocess
+    from edge_ssd.convert.inspect import inspect_model
+
+    info = inspect_model(tf_models["nhwc-sliced-bg"])
+    pp = tail_postprocess(info, 0.5)
+    assert (pp.offset_order, pp.prior_layout, pp.box_order) == ("cy,cx,h,w", "cy,cx,h,w", "y1,x1,y2,x2")
+    assert pp.variances is None and pp.variances_in_offset_order() == [0.1, 0.1, 0.2, 0.2]
+    assert pp.background_class == 0 and pp.score_fn == "sigmoid" and len(pp.priors) == 4420
+    info.tail.coding = replace(info.tail.coding, variances=(1 / 8, 0.1, 0.25, 0.2))  # scale factors 8, 10, 4, 5
+    assert tail_postprocess(info, 0.5).variances_in_offset_order() == [0.125, 0.1, 0.25, 0.2]

@@ -111,8 +111,11 @@ def tail_postprocess(info: ModelInfo, score_threshold: float, background: int | 
     t = info.tail
     c = t.coding
     bg = t.background_class if background is None else background
+    pp = Postprocess(center_variance=t.center_variance, size_variance=t.size_variance, offset_order=c.offset_order)
+    # per-channel variances only when the two scalars (center, size) cannot say it: one source of truth
+    per_channel = None if pp.variances_in_offset_order() == list(c.variances) else list(c.variances)
     return Postprocess(score_fn=t.score_fn, box_encoding="offsets", center_variance=t.center_variance,
-                       size_variance=t.size_variance, offset_order=c.offset_order, variances=list(c.variances),
+                       size_variance=t.size_variance, offset_order=c.offset_order, variances=per_channel,
                        prior_layout=c.prior_layout, box_order=c.box_order,
                        priors=np.round(t.priors.astype(np.float64), 7).tolist(), background_class=bg,
                        score_threshold=score_threshold)
