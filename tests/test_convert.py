@@ -80,7 +80,7 @@ def test_face_fidelity_and_attempts(face_bundle):
     assert face_bundle.ok
     # auto tried per-channel, per-tensor and percentile calibration, each measured, and kept the best F1
     rows = rep["attempts"]
-    assert [r["name"] for r in rows] == ["per-channel", "per-tensor", "per-channel+p99.99"]
+    assert [r["name"] for r in rows] == ["per-channel", "per-tensor", "per-channel+p99.999"]
     assert all(r["ok"] and 0 < r["f1"] <= 1 and r["latency_ms"] > 0 for r in rows)
     kept = next(r for r in rows if r["name"] == rep["converter"]["attempt"])
     assert kept["f1"] == a["f1"] == max(r["f1"] for r in rows)

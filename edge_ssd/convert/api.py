@@ -148,14 +148,14 @@ class Recipe:
 
     quant_type: str = "per-channel"
     calibration: str = "minmax"
-    percentile: float = 99.99
+    percentile: float = 99.999
 
     @property
     def name(self) -> str:
         return self.quant_type + ("" if self.calibration == "minmax" else f"+p{self.percentile:g}")
 
 
-def recipes(quant: str, calibration: str | None, percentile: float = 99.99) -> list[Recipe]:
+def recipes(quant: str, calibration: str | None, percentile: float = 99.999) -> list[Recipe]:
     """What to try. ``--quant auto`` alone: per-channel and per-tensor with min-max, and per-channel with
     percentile calibration (3 onnx2tf runs); an explicit choice narrows it."""
     if quant not in ("auto", "per-channel", "per-tensor"):
@@ -163,7 +163,7 @@ def recipes(quant: str, calibration: str | None, percentile: float = 99.99) -> l
     if calibration not in (None, "minmax", "percentile"):
         raise UserError(f"--calibration {calibration!r}: use minmax or percentile")
     if not 50.0 < percentile <= 100.0:
-        raise UserError(f"--percentile {percentile}: give a percentile between 50 and 100, e.g. 99.99")
+        raise UserError(f"--percentile {percentile}: give a percentile between 50 and 100, e.g. 99.999")
     qts = ["per-channel", "per-tensor"] if quant == "auto" else [quant]
     if calibration is not None:
         return [Recipe(q, calibration, percentile) for q in qts]
@@ -370,7 +370,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
                   progress: bool = True, mean=None, std=None, input_shape=None, calib_split: str | None = None,
                   val_split: str | None = None, score_threshold: float = 0.5, keep_work: bool = False,
                   backend: str = "flatbuffer_direct", calibration: str | None = None,
-                  percentile: float = 99.99) -> ConvertResult:
+                  percentile: float = 99.999) -> ConvertResult:
     """Convert ``onnx_path`` into the bundle directory ``out_dir``; see the module docstring."""
     from . import calibrate as cal
     from .cut import cut_model
