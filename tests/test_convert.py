@@ -216,7 +216,8 @@ def test_trained_test_model_map_drop(tmp_path):
     assert r.report["validation_source"] == "held-out --val"
     rows = [a for a in r.report["attempts"] if a["ok"]]
     assert len(rows) == 3 and all("int8_map_voc07" in a for a in rows)
-    assert r.report["converter"]["attempt"] == max(rows, key=lambda a: a["int8_map_voc07"])["name"]
+    within = [a for a in rows if 100 * (a["fp32_map_voc07"] - a["int8_map_voc07"]) <= 1.0]
+    assert within and r.report["converter"]["attempt"] == max(within, key=lambda a: a["f1"])["name"]
     # cut before the heads' Concat: one int8 output per SSD head (6 + 6 for the mb1-ssd layout), each with its
     # own scale; the device concatenates them
     man, _ = load_manifest(r.bundle_dir)

@@ -6,8 +6,9 @@ written as a bundle first and then validated as the device runs it: loaded by ``
 (the daemon's preprocessing, backend, head concatenation, dequantisation, decode and NMS) and compared with the
 source ONNX in ONNX Runtime (the runtime's ``.onnx`` loader) on held-out images: ``--val``, or a seeded 25% of
 ``--calib`` never used for calibration. The cut itself is proved the same way (the float body as a bundle must
-reproduce the source to 1e-4). ``--quant auto`` keeps the best attempt on those held-out images (int8 mAP when
-they have ground truth, else detection F1). Agreement below ``min_agreement`` gives ``ok=False`` (the CLI exits
+reproduce the source to 1e-4). ``--quant auto`` keeps the best attempt on those held-out images: the highest
+detection F1 among the attempts within 1 mAP point of fp32 when they have ground truth (else the smallest mAP
+drop), the highest F1 without ground truth. Agreement below ``min_agreement`` gives ``ok=False`` (the CLI exits
 4) while keeping the artefacts.
 """
 
@@ -32,6 +33,7 @@ from ..model.preprocess import Normalization
 log = logging.getLogger(__name__)
 
 EXIT_LOW_AGREEMENT = 4
+MAX_MAP_DROP = 1.0  # mAP points (VOC07) an attempt may lose against fp32 and still be chosen by F1
 # Ops the Edge TPU compiler maps (coral.ai/docs/edgetpu/models-intro#supported-operations)
 EDGETPU_OPS = {
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXP", "FULLY_CONNECTED",
@@ -265,10 +267,15 @@ class Attempt:
     ops: list | None = None
 
     def rank(self) -> tuple:
-        """Best first by int8 mAP when ground truth exists, else by detection F1."""
+        """Higher is better: detection F1 among the attempts whose mAP stays within :data:`MAX_MAP_DROP` points
+        of fp32 (all of them without ground truth); below that, the smaller mAP drop."""
         v = self.validation
+        f1 = v["agreement"]["f1"]
         m = next(iter(v["map"].values())) if v.get("map") else None
-        return (m["int8_map_voc07"] if m else v["agreement"]["f1"], v["agreement"]["f1"])
+        if m is None:
+            return (1, f1, 0.0)
+        drop = m["delta_points_voc07"]
+        return (1, f1, -drop) if drop <= MAX_MAP_DROP else (0, -drop, f1)
 
 
 @dataclass
