@@ -450,17 +450,12 @@ def test_face_model_smoke():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FACE.is_dir() or not (SHARED / "data" / "faces").is_dir(), reason="face model missing")
-def test_bundle_via_runtime_agrees_with_onnx(tmp_path):
+def test_bundle_via_runtime_agrees_with_onnx(face_bundle):
     """The runtime path (edge_ssd.runtime.load_detector on a float TFLite bundle) scored against the ONNX
     model's own confident detections as ground truth: a faithful conversion scores mAP close to 1."""
-    from _runtime_util import make_face_bundle
-
     from edge_ssd.data import ImageFolder
 
-    try:
-        bundle = make_face_bundle(tmp_path)
-    except RuntimeError as e:
-        pytest.skip(str(e))
+    bundle = face_bundle
     onnx_pred = load_predictor(FACE / "version-slim-320.onnx", labels=FACE / "voc-model-labels.txt")
     tfl_pred = load_predictor(bundle)
     assert tfl_pred.labels == ["BACKGROUND", "face"]

@@ -107,7 +107,8 @@ class Daemon:
             self.notifier.status(f"loading model {cfg.model.bundle}")
             bundle = self.rollout.bundle_for() if self.rollout else cfg.model.bundle
             self.model_sha = fingerprint(bundle)
-            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads)
+            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads,
+                                          edgetpu_device=cfg.model.edgetpu_device)
         det = self.detector
         outputs = []
         if cfg.sinks.file:
@@ -209,7 +210,7 @@ class Daemon:
         msg = stats_message(self.loaded.config.device, pipeline.stats(), spool, mqtt, self.started,
                             self._source_fps())
         e2e = hub.e2e_ms.summary()
-        msg["latency_e2e_ms"] = {"p50": e2e["p50"], "p95": e2e["p95"]}
+        msg["latency_e2e_ms"] = {"p50": e2e.p50, "p95": e2e.p95}
         msg["events"] = hub.events
         return msg
 
@@ -225,11 +226,11 @@ class Daemon:
 
     def _status_line(self) -> str:
         ps = self.pipeline.stats()
-        parts = [f"{ps['fps']:.1f} fps", f"{ps['processed']} frames"]
+        parts = [f"{ps.fps:.1f} fps", f"{ps.processed} frames"]
         if self.publisher is not None:
             parts.append("mqtt connected" if self.publisher.connected else "mqtt DISCONNECTED")
             parts.append(f"spool {len(self.spool)}")
-        bad = [n for n, s in ps["sources"].items() if s.get("status") not in ("ok", "ended")]
+        bad = [n for n, s in ps.sources.items() if s.status not in ("ok", "ended")]
         if bad:
             parts.append("waiting for " + ", ".join(bad))
         return ", ".join(parts)
@@ -287,7 +288,7 @@ class Daemon:
 
         m = self.loaded.config.model
         try:
-            det = load_detector(cand.path, backend=m.backend, threads=m.threads)
+            det = load_detector(cand.path, backend=m.backend, threads=m.threads, edgetpu_device=m.edgetpu_device)
         except UserError as e:
             self.rollout.failed(cand, f"cannot load bundle {cand.command.version}: {e}")
             return

@@ -88,6 +88,11 @@ class MqttPublisher:
         self.last_error: str | None = None
         self._logged_errors: set[str] = set()
         self._offline_acked = False
+        self._offline_mid: int | None = None  # the mid of the "offline" message sent at stop
+        self._offline_at = 0.0
+        self._session_ok = False  # per connection attempt (the network thread)
+        self._refused: str | None = None
+        self._handed: dict[int, int] = {}
         self._subs: dict[str, object] = {}  # topic -> callback(topic, payload, retained), see subscribe()
 
     # -- producer API (any thread) ------------------------------------------------------------------------
@@ -197,7 +202,7 @@ class MqttPublisher:
             client = self._new_client()
             self._session_ok = False
             self._refused = None
-            self._handed: dict[int, int] = {}
+            self._handed = {}
             try:
                 client.connect(self.host, self.port, self.keepalive)
             except (OSError, ssl.SSLError, ValueError) as e:
@@ -370,7 +375,7 @@ class MqttPublisher:
         self._set_disconnected()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if mid == getattr(self, "_offline_mid", None):
+        if mid == self._offline_mid:
             self._offline_acked = True
         rid = self._handed.pop(mid, None)
         if rid is not None:
