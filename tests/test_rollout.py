@@ -1,5 +1,5 @@
 """Bundle roll-out end to end: real Mosquitto, real daemon subprocesses running the face model on a video, a real
-HTTP server on 127.0.0.1 (edge_ssd.fleet.serve), a real float32 face bundle made with onnx2tf once per module."""
+HTTP server on 127.0.0.1 (edge_ssd.fleet.serve), the real float32 face bundle (onnx2tf, once per session)."""
 
 from __future__ import annotations
 
@@ -50,12 +50,9 @@ def video(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from _runtime_util import ONNX2TF, make_face_bundle
-
-    if not ONNX2TF.exists():
-        pytest.skip("convert/.venv missing (scripts/setup.sh)")
-    return make_face_bundle(tmp_path_factory.mktemp("bundle"))
+def bundle(face_bundle):
+    """The session's float32 face bundle (conftest); tests copy it before changing anything."""
+    return face_bundle
 
 
 @pytest.fixture(scope="module")
