@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .backends import TFLITE_BACKENDS
 from .stats import Summary, summarize_ms
 
 # backends that run a .tflite, in the order they are tried (edgetpu only when asked for)
-_TFLITE_ORDER = ("litert", "tflite_runtime", "tensorflow", "edgetpu")
+_TFLITE_ORDER = (*TFLITE_BACKENDS, "edgetpu")
 
 
 @dataclass(frozen=True)
