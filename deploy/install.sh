@@ -71,8 +71,8 @@ Options:
                     change the live system (apt-get, useradd, systemctl start/daemon-reload, udevadm) are
                     printed, not run. Unit enabling uses 'systemctl --root DIR' (file-level symlinks only).
   --dry-run         print every action that would be taken and change nothing
-  --uninstall       stop and disable the service, remove the units, the venv and the user; keeps
-                    /etc/edge-ssd and /var/lib/edge-ssd
+  --uninstall       stop and disable the service, remove the device from Home Assistant (edge-ssd ha
+                    remove), the units, the venv and the user; keeps /etc/edge-ssd and /var/lib/edge-ssd
   --purge           with --uninstall: also remove /etc/edge-ssd and /var/lib/edge-ssd
   -h, --help        this help
 EOF
@@ -433,6 +433,17 @@ remove_path() {  # remove_path PATH(target view) [dir]
   do_run "remove $1" rm -rf -- "$p"
 }
 
+ha_remove() {  # the device out of Home Assistant while the venv is still there (best effort: needs the broker)
+  local cfg="$CONF_DIR/config.yaml"
+  [ -x "$(r "$VENV")/bin/edge-ssd" ] && [ -f "$(r "$cfg")" ] || return 0
+  if ! grep -q '^mqtt:' "$(r "$cfg")"; then ok "no mqtt section in $cfg: nothing announced to Home Assistant"; return 0; fi
+  if [ "$DRY_RUN" = 1 ] || [ "$LIVE" = 0 ]; then
+    sys_run "remove the device from Home Assistant" "$VENV/bin/edge-ssd" ha remove --config "$cfg"; return 0
+  fi
+  if "$VENV/bin/edge-ssd" ha remove --config "$cfg"; then change "removed the device from Home Assistant"
+  else warn "the device stays in Home Assistant (see above): delete it there, or run 'edge-ssd ha remove' first"; fi
+}
+
 uninstall() {
   local name v p
   say "edge-ssd uninstall (root=$ROOT, prefix=$PREFIX)"
@@ -443,6 +454,7 @@ uninstall() {
   elif [ -e "$ROOT$UNIT_DIR/$SERVICE" ]; then
     do_run "disable $SERVICE (systemctl --root)" systemctl --root="$ROOT" disable --quiet "$SERVICE"
   fi
+  ha_remove
   local removed=0
   for name in "${UNIT_TEMPLATES[@]}"; do
     name=$(basename "$name")

@@ -163,8 +163,8 @@ class Collector:
 
 
 # -- daemon helpers ------------------------------------------------------------------------------------------
+from _paths import FACE_LABELS, REPO, SHARED  # noqa: E402,F401 (re-exported)
 from _paths import FACE_ONNX as FACE_MODEL  # noqa: E402,F401 (re-exported)
-from _paths import REPO, SHARED  # noqa: E402,F401 (re-exported)
 
 
 def make_face_video(path: Path, frames: int = 40, size=(320, 240)) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from _broker import (
+    FACE_LABELS,
     FACE_MODEL,
     Broker,
     Collector,
@@ -31,7 +32,7 @@ def video(tmp_path_factory):
 def _config(tmp, video, port, *, detections="all", min_score=0.7, min_area=0.0005):
     return {
         "device": "evdev",
-        "model": {"bundle": str(FACE_MODEL), "threads": 1},
+        "model": {"bundle": str(FACE_MODEL), "labels": str(FACE_LABELS), "threads": 1},
         "sources": [{"name": "cam1", "url": str(video), "score_threshold": 0.5,
                      "filters": {"face": {"min_score": min_score, "min_area": min_area}},
                      "zones": [{"name": "left", "polygon": LEFT}]}],

@@ -122,10 +122,10 @@ def test_publisher_removes_a_dropped_source_and_migrates_legacy_topics(tmp_path)
         assert second.wait_connected(10)
         assert _wait(lambda: col.on(legacy)[-1:] == [b""], 10)
         seq = [(t, p) for t, p, _ in col.messages if t in (topic, legacy)][2:]  # after the first run's
-        # migrate first, then the device message (once, held until the retained ones were read), then clear
+        # migrate first, then clear, then the device message (once: held until the retained ones were read)
         kinds = [("migrate" if p.startswith(b'{"migrate') else "clear" if not p else "device") for t, p in seq]
-        assert kinds == ["migrate", "device", "clear"], kinds
-        msg = json.loads(seq[1][1])
+        assert kinds == ["migrate", "clear", "device"], kinds
+        msg = json.loads(seq[2][1])
         assert {k for k, v in msg["cmps"].items() if v.keys() == {"p"}} == {
             k for k in json.loads(col.on(topic)[0])["cmps"] if k.startswith("door_")}
         second.stop(2)

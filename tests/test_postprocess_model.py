@@ -1,7 +1,8 @@
 """``convert --postprocess-model``: model_postprocess.tflite read the way Frigate and pycoral read it (LiteRT, outputs
 by position, uint8 RGB in) agrees with the bundle and with the ONNX model on held-out photos. Two real conversions,
 each reused by the whole module: the face model in ../shared (through the CLI, for the Edge TPU with a stand-in
-compiler replaying recorded logs) and the trained test model (through the API)."""
+compiler replaying recorded logs) and the trained test model (its shared int8 bundle from conftest, given a
+post-process model)."""
 
 from __future__ import annotations
 
@@ -119,39 +120,35 @@ def test_face_report_manifest_and_edgetpu(face):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    testmodel = pytest.importorskip("edge_ssd.train.testmodel")
-    from edge_ssd.convert.api import convert_model
+def trained(tmp_path_factory, test_model, test_model_int8_bundle):
+    """The shared int8 bundle of the trained test model (conftest), given its post-process model."""
+    from edge_ssd.convert.postprocess_model import build_postprocess_model
 
-    tm = testmodel.get_test_model()
-    r = convert_model(tm.onnx_path, tmp_path_factory.mktemp("tm") / "tm.bundle", calib=[tm.dataset_dir],
-                      calib_split="train", calib_count=60, val=[tm.dataset_dir], val_split="test",
-                      labels=list(tm.labels), quant="per-channel", progress=False, postprocess_model=True)
-    assert r.ok, r.report.get("failure")
-    return tm, r
+    pm = build_postprocess_model(test_model_int8_bundle, tmp_path_factory.mktemp("tm-pp") / POSTPROCESS_FILE)
+    return test_model, test_model_int8_bundle, pm
 
 
 def test_trained_model_agrees_with_bundle_and_onnx(trained):
     from edge_ssd.data.datasets import OpenImagesDataset
 
-    tm, r = trained
-    ds = OpenImagesDataset(tm.dataset_dir, "test")
+    tm, bundle, pm = trained
+    assert pm.input_dtype == "uint8" and pm.input_exact and pm.num_classes == len(tm.labels) - 1
+    ds = OpenImagesDataset(tm.dataset_dir, "test")  # held out: the bundle was calibrated on "train"
     paths = [s.image_path for s in ds.samples[:80]]
-    v = validate_postprocess_model(r.bundle_dir / POSTPROCESS_FILE, r.bundle_dir, tm.onnx_path, paths)
-    assert v["vs_bundle"]["fp32_detections"] > 40
+    v = validate_postprocess_model(pm.path, bundle, tm.onnx_path, paths)
+    assert v["images"] == 80 and v["vs_bundle"]["fp32_detections"] > 40
     assert v["vs_bundle"]["f1"] >= 0.99, v["vs_bundle"]
     assert v["vs_onnx"]["f1"] >= 0.9, v["vs_onnx"]
-    assert r.report["postprocess_model"]["validation"]["vs_bundle"]["f1"] >= 0.99
 
 
 def test_trained_model_classes_are_zero_based_without_background(trained):
-    tm, r = trained
-    names = _frigate_labels(r.bundle_dir / LABELMAP_FILE)
-    assert list(names.values()) == list(tm.labels[1:]) and list(names) == list(range(len(tm.labels) - 1))
     from edge_ssd.data.datasets import OpenImagesDataset
 
+    tm, bundle, pm = trained
+    names = _frigate_labels(pm.labelmap)
+    assert list(names.values()) == list(tm.labels[1:]) and list(names) == list(range(len(tm.labels) - 1))
     ds = OpenImagesDataset(tm.dataset_dir, "test")
-    reader = ConsumerReader(r.bundle_dir / POSTPROCESS_FILE, list(range(1, len(tm.labels))))
+    reader = ConsumerReader(pm.path, list(range(1, len(tm.labels))))
     seen = set()
     for i in range(40):
         boxes, classes, scores, count = reader.raw(resize_rgb(ds.load_image(i), reader.w, reader.h))
@@ -160,3 +157,28 @@ def test_trained_model_classes_are_zero_based_without_background(trained):
         seen |= {names[k] for k in c}
     gt = {ds.class_names[int(c)] for s in ds.samples[:40] for c in s.labels}
     assert seen and seen <= set(tm.labels[1:]) and len(seen & gt) >= 2
+
+
+def test_face_op_options_read_back_from_the_file(face):
+    """The custom op's flexbuffer, decoded from the written flatbuffer, holds every key detection_postprocess.cc
+    reads."""
+    from ai_edge_litert import schema_py_generated as s
+    from flatbuffers import flexbuffers
+
+    m = s.ModelT.InitFromObj(s.Model.GetRootAs((face / POSTPROCESS_FILE).read_bytes(), 0))
+    codes = m.operatorCodes
+    ops = [op for op in m.subgraphs[0].operators if codes[op.opcodeIndex].customCode]
+    assert len(ops) == 1 and codes[ops[0].opcodeIndex].customCode.decode() == "TFLite_Detection_PostProcess"
+    opts = flexbuffers.Loads(bytes(ops[0].customOptions))
+    assert set(opts) == {"max_detections", "max_classes_per_detection", "detections_per_class", "use_regular_nms",
+                         "nms_score_threshold", "nms_iou_threshold", "num_classes", "y_scale", "x_scale",
+                         "h_scale", "w_scale"}
+    assert (opts["y_scale"], opts["x_scale"], opts["h_scale"], opts["w_scale"]) == pytest.approx((10, 10, 5, 5))
+    assert opts["use_regular_nms"] is True and opts["num_classes"] == 1 and opts["max_classes_per_detection"] == 1
+    assert opts["nms_iou_threshold"] == pytest.approx(0.45) and opts["detections_per_class"] == 200
+    # the anchors are the bundle's priors, (cx, cy, w, h) -> (ycenter, xcenter, h, w)
+    sg = m.subgraphs[0]
+    anchors = sg.tensors[ops[0].inputs[2]]
+    a = np.frombuffer(bytes(m.buffers[anchors.buffer].data), np.float32).reshape(-1, 4)
+    man, _ = load_manifest(face)
+    assert np.array_equal(a, man.priors_array()[:, [1, 0, 3, 2]])

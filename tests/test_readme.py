@@ -30,6 +30,7 @@ MAPPED = {
     r"edge-ssd convert .* --postprocess-model": "tests/test_postprocess_model.py::test_face_file_as_consumers_see_it",
     r"edge-ssd keygen ": "tests/test_fleet_archive.py::test_cli_errors_are_one_line",
     r"edge-ssd push-bundle ": "tests/test_rollout.py::test_push_bundle_cli_rolls_out_to_three_daemons",
+    r"bench/fleet_load\.py ": "tests/test_fleet_load.py::test_short_fleet_load_loses_nothing",
 }
 
 

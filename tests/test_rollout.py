@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from _broker import (
+    FACE_LABELS,
     FACE_MODEL,
     REPO,
     Broker,
@@ -76,7 +77,7 @@ def daemon_conf(tmp: Path, name: str, video: Path, port: int, public_key: Path |
     d.mkdir()
     conf = {
         "device": name,
-        "model": {"bundle": str(FACE_MODEL), "threads": 1},
+        "model": {"bundle": str(FACE_MODEL), "labels": str(FACE_LABELS), "threads": 1},
         "sources": [{"name": "cam", "url": str(video), "score_threshold": 0.6, "loop": True, "max_fps": 5}],
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 5, "reconnect_min_delay": 0.2,
                  "reconnect_max_delay": 1.0},

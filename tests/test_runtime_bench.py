@@ -44,11 +44,16 @@ def test_nms_bench_finds_the_planted_objects():
 def test_bench_cli_json_and_plot(bundle, tmp_path):
     png = tmp_path / "lat.png"
     r = subprocess.run([sys.executable, "-m", "edge_ssd", "bench", "-m", str(bundle), "-n", "3", "--warmup", "1",
-                        "--no-rss", "--no-pipeline", "--backends", "litert", "--json", "--plot", str(png)],
+                        "--no-rss", "--no-pipeline", "--backends", "litert", "--json", "--plot", str(png),
+                        "--e2e-seconds", "2"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert [row["backend"] for row in res["rows"]] == ["litert"]
+    e = res["e2e"]  # live mode, capture -> published, next to the frame's own processing time
+    assert e["backend"] == "litert" and e["e2e_ms"]["n"] > 0 and e["e2e_ms"]["p95"] >= e["e2e_ms"]["p50"] > 0
+    assert e["processing_ms_p50"] > 0 and e["e2e_p50_vs_processing"] > 0
+    assert e["pipeline_latency_ms"]["p50"] <= e["e2e_ms"]["p50"] + 1e-6 or e["e2e_ms"]["n"] < 5
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     r = subprocess.run([sys.executable, "-m", "edge_ssd", "bench", "-m", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=120)

@@ -30,6 +30,10 @@ def register(subparsers) -> None:
     p.add_argument("--image", help="frame to run on (default: a generated 640x480 picture of shapes)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the pipeline-vs-bare measurement")
     p.add_argument("--no-rss", action="store_true", help="skip the resident memory measurement (a subprocess)")
+    p.add_argument("--e2e-fps", type=float, default=30.0,
+                   help="camera rate for the end-to-end latency measurement (live mode, capture -> published "
+                        "through the daemon's path); 0 skips it")
+    p.add_argument("--e2e-seconds", type=float, default=10.0, help="length of the end-to-end measurement")
     p.add_argument("--plot", metavar="PNG", help="write a latency plot")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
@@ -54,6 +58,16 @@ def run(args) -> int:
         raise UserError("--frames must be at least 1")
     res = run_bench(args.model, args.onnx, args.labels, args.frames, args.warmup, threads, backends, args.image,
                     pipeline=not args.no_pipeline, rss=not args.no_rss)
+    if args.e2e_fps > 0 and res.rows:
+        from ..daemon.latency import bench_e2e, format_e2e
+        from ..runtime.bench import bench_frame
+        from ..runtime.detector import load_detector
+
+        r = next((r for r in res.rows if r.backend != "onnxruntime"), res.rows[0])  # the device case first
+        det = load_detector(r.path, backend=r.backend, threads=None if r.threads == "default" else r.threads,
+                            labels=args.labels)
+        e2e = bench_e2e(det, bench_frame(args.image), args.e2e_fps, args.e2e_seconds)
+        res.extra["e2e"] = {"model": r.path, "backend": r.backend, **e2e.to_json()}
     if args.plot and res.rows:
         plot_results(res.rows, args.plot)
         res.extra["plot"] = args.plot
@@ -61,6 +75,8 @@ def run(args) -> int:
         print(json.dumps(res.to_json(), indent=1))
     else:
         print(format_table(res))
+        if "e2e" in res.extra:
+            print(format_e2e(res.extra["e2e"]))
         if args.plot:
             print(f"plot: {args.plot}")
     return 0

@@ -46,6 +46,8 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     bundle: str = Field(description="bundle directory (manifest.json + model.tflite) or an .onnx/.tflite file")
+    labels: str | None = Field(default=None, description="labels file (one per line, BACKGROUND first) for a "
+                               "bare .onnx/.tflite without labels; a bundle carries its own")
     threads: int = Field(default=2, ge=1, le=64)
     backend: BackendChoice = "auto"
     # which Coral the Edge TPU delegate opens (libedgetpu's "device" option): usb, usb:N, pci, pci:N; None: the first

@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..model.bundle import fingerprint
 from ..publish.messages import json_bytes
 from ..publish.topics import Topics
+from ..runtime.memory import trim_heap
 from .config import Config, ConfigError, LoadedConfig, load_config, source_rules, tracker_settings
 from .health import Watchdog, source_status, starting_status, stats_message
 from .sdnotify import Notifier, watchdog_interval
@@ -107,8 +108,9 @@ class Daemon:
             self.notifier.status(f"loading model {cfg.model.bundle}")
             bundle = self.rollout.bundle_for() if self.rollout else cfg.model.bundle
             self.model_sha = fingerprint(bundle)
+            labels = cfg.model.labels if bundle == cfg.model.bundle else None  # a rolled-out bundle has its own
             self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads,
-                                          edgetpu_device=cfg.model.edgetpu_device)
+                                          labels=labels, edgetpu_device=cfg.model.edgetpu_device)
         det = self.detector
         outputs = []
         if cfg.sinks.file:
@@ -357,6 +359,7 @@ class Daemon:
                 self.ready = True
                 why = "" if p.processed else f" (no frame within {READY_TIMEOUT:.0f} s)"
                 log.info("ready: model loaded, %d frame(s) processed%s", p.processed, why)
+                trim_heap()  # hand start-up memory (model loading, imports) back to the kernel
                 self.notifier.ready(f"running{why}: {self._status_line()}")
             self.hub.tick()
             if self.watchdog.due(p.last_progress, now):

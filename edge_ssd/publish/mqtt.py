@@ -319,14 +319,16 @@ class MqttPublisher:
             self.state_published += 1
 
     def _publish_discovery(self, client, legacy: list[str]) -> None:
-        """The device message; per-entity topics of edge-ssd 0.1 are migrated the way Home Assistant documents
-        it (``migrate_discovery`` first, then the device message, then the old topic cleared), so their
-        entities keep their ids and history."""
+        """The device message. Per-entity topics of edge-ssd 0.1 are migrated first: ``migrate_discovery`` (Home
+        Assistant unloads the entity but keeps its registry entry), then the old topic cleared while nothing
+        owns it any more, then the device message re-creates the entity with the same unique_id, entity_id and
+        history. (Clearing after the device message, as Home Assistant's docs have it, makes 2025.4 log a
+        'conflicting MQTT discovery message' warning per entity.)"""
         for topic in legacy:
             client.publish(topic, b'{"migrate_discovery":true}', qos=1, retain=True)
-        client.publish(self._discovery.topic, self._discovery.message(), qos=1, retain=True)
         for topic in legacy:
             client.publish(topic, b"", qos=1, retain=True)
+        client.publish(self._discovery.topic, self._discovery.message(), qos=1, retain=True)
         if legacy:
             log.info("mqtt: migrated %d Home Assistant entities to device discovery (%s)", len(legacy),
                      self._discovery.topic)

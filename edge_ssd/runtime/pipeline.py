@@ -17,8 +17,9 @@ joined by small bounded queues.
 
 Modes:
 
-* live (default, ``process_all=False``): the sources keep only their newest frame; when the detector falls
-  behind, the oldest queued frame is dropped (``dropped["queue"]``). ``max_fps`` per source skips frames
+* live (default, ``process_all=False``): the sources keep only their newest frame, every stage has one slot,
+  and a preprocessed frame still waiting for the interpreter is replaced by a newer one (``dropped["queue"]``),
+  so the latency of a published frame stays close to its own processing time. ``max_fps`` per source skips frames
   (``dropped["rate"]``).
 * ``process_all=True`` (files, folders, tests, ``edge-ssd detect``): nothing is dropped, every frame of every
   source is processed, in order per source; ``run_until_done()`` returns when all sources have ended.
@@ -41,7 +42,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -128,6 +129,7 @@ class _Item:
     raw: dict | None = None
     t_pre: float = 0.0
     t_infer: float = 0.0
+    size: tuple[int, int] = (0, 0)  # (height, width) of the frame; its pixels are let go after preprocessing
 
 
 class _Src:
@@ -155,7 +157,7 @@ class Pipeline:
     ``result.image`` (or pass ``keep_image=True``)."""
 
     def __init__(self, detector, sources: Iterable[SourceConfig | Source | str], sinks: Iterable = (), *,
-                 process_all: bool = False, queue_size: int = 2, keep_image: bool = False):
+                 process_all: bool = False, queue_size: int | None = None, keep_image: bool = False):
         self.detector = detector
         self.sinks = list(sinks)
         self.process_all = process_all
@@ -180,8 +182,10 @@ class Pipeline:
         names = [s.name for s in self._srcs]
         if len(set(names)) != len(names):
             raise UserError(f"source names must be unique, got {names}; set a name per source")
-        qs = max(1, int(queue_size))
-        self._q_pre: queue.Queue = queue.Queue(qs)
+        # live: one slot per stage, so a frame never waits behind older ones (latency ~ its own processing);
+        # process-all: two, to keep every stage busy
+        qs = max(1, int(queue_size if queue_size is not None else (2 if process_all else 1)))
+        self._q_pre: queue.Queue = queue.Queue(qs if process_all else max(qs, len(self._srcs)))
         self._q_infer: queue.Queue = queue.Queue(qs)
         self._q_post: queue.Queue = queue.Queue(qs)
         self._q_sink: queue.Queue = queue.Queue(qs * 2)
@@ -192,6 +196,7 @@ class Pipeline:
         self._stop = threading.Event()  # stop reading sources
         self._abort = threading.Event()  # discard queued work
         self._done = threading.Event()  # the sink stage has seen the end marker
+        self._infer_ready = threading.Event()  # live mode: the interpreter waits for its next frame
         self._readers_left = len(self._srcs)
         self._lock = threading.Lock()
         self._started = False
@@ -413,6 +418,9 @@ class Pipeline:
     def _run_pre(self) -> None:
         det = self.detector
         while True:
+            if not self.process_all and not self._infer_ready.wait(_TICK):
+                self._beat("preprocess")  # live: take a frame only when the interpreter wants one, so the
+                continue  # frame it gets is the newest, not one that aged while the previous one ran
             item = self._get(self._q_pre, "preprocess")
             if item is None:
                 continue
@@ -432,14 +440,37 @@ class Pipeline:
                             item.frame.index, e)
                 continue
             item.t_pre = (time.perf_counter() - t0) * 1000
+            item.size = item.frame.image.shape[:2]
+            if not self.keep_image:  # nothing downstream needs the pixels: free the frame now, not at the sink
+                item.frame = replace(item.frame, image=None)
             self.t_pre.add(item.t_pre)
             self._beat("preprocess")
-            if not self._put(self._q_infer, item, "preprocess"):
+            if not self.process_all:
+                self._infer_ready.clear()
+                self._put_latest(item)
+            elif not self._put(self._q_infer, item, "preprocess"):
                 self._pool.put(buf)
+
+    def _put_latest(self, item: _Item) -> None:
+        """Live mode: hand the freshest preprocessed frame to the interpreter; one still waiting there is
+        stale now and is dropped (``dropped["queue"]``), its buffer back to the pool."""
+        while True:
+            try:
+                self._q_infer.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    old = self._q_infer.get_nowait()
+                except queue.Empty:
+                    continue
+                self._pool.put(old.tensor)  # (only this thread puts into q_infer, the end marker last)
+                self._count(self.dropped, "queue")
 
     def _run_infer(self) -> None:
         det = self.detector
         while True:
+            if self._q_infer.empty():
+                self._infer_ready.set()
             item = self._get(self._q_infer, "invoke")
             if item is None:
                 continue
@@ -492,7 +523,7 @@ class Pipeline:
             t_post = (time.perf_counter() - t0) * 1000
             self.t_post.add(t_post)
             f = item.frame
-            h, w = f.image.shape[:2]
+            h, w = item.size
             now = time.monotonic()
             res = FrameResult(source=s.name, frame=f.index, ts=f.ts, width=w, height=h, detections=d,
                               labels=labels, model=det.name, inference_ms=item.t_infer,
