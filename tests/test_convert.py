@@ -80,7 +80,7 @@ def test_face_fidelity_and_attempts(face_bundle):
     assert face_bundle.ok
     # auto tried per-channel, per-tensor and percentile calibration, each measured, and kept the best F1
     rows = rep["attempts"]
-    assert [r["name"] for r in rows] == ["per-channel", "per-tensor", "per-channel+p99.99"]
+    assert [r["name"] for r in rows] == ["per-channel", "per-tensor", "per-channel+p99.999"]
     assert all(r["ok"] and 0 < r["f1"] <= 1 and r["latency_ms"] > 0 for r in rows)
     kept = next(r for r in rows if r["name"] == rep["converter"]["attempt"])
     assert kept["f1"] == a["f1"] == max(r["f1"] for r in rows)
@@ -213,7 +213,8 @@ def test_trained_test_model_map_drop(test_model, test_model_int8_bundle):
     assert report["validation_source"] == "held-out --val"
     rows = [a for a in report["attempts"] if a["ok"]]
     assert len(rows) == 3 and all("int8_map_voc07" in a for a in rows)
-    assert report["converter"]["attempt"] == max(rows, key=lambda a: a["int8_map_voc07"])["name"]
+    within = [a for a in rows if 100 * (a["fp32_map_voc07"] - a["int8_map_voc07"]) <= 1.0]
+    assert within and report["converter"]["attempt"] == max(within, key=lambda a: a["f1"])["name"]
     # cut before the heads' Concat: one int8 output per SSD head (6 + 6 for the mb1-ssd layout), each with its
     # own scale; the device concatenates them
     man, _ = load_manifest(bundle_dir)

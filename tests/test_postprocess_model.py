@@ -182,3 +182,39 @@ def test_face_op_options_read_back_from_the_file(face):
     a = np.frombuffer(bytes(m.buffers[anchors.buffer].data), np.float32).reshape(-1, 4)
     man, _ = load_manifest(face)
     assert np.array_equal(a, man.priors_array()[:, [1, 0, 3, 2]])
+
+
+def _variant(face: Path, tmp: Path, **input_fields) -> Path:
+    """The face bundle with other input fields in its manifest (the same model file)."""
+    import shutil
+
+    from edge_ssd.model.bundle import write_manifest
+
+    d = tmp / "variant.bundle"
+    shutil.copytree(face, d)
+    m, _ = load_manifest(d)
+    target = input_fields.pop("target", m.target)
+    write_manifest(d, m.model_copy(update={"target": target, "input": m.input.model_copy(update=input_fields)}))
+    return d
+
+
+def test_per_channel_normalisation_goes_through_the_devices_table(face, tmp_path):
+    """ImageNet-style statistics have no uint8 quantisation: the raw pixel goes through the device's own table
+    (CAST, ADD, GATHER), so the post-process model sees exactly the bundle's int8 input."""
+    from edge_ssd.convert.postprocess_model import build_postprocess_model
+
+    d = _variant(face, tmp_path, mean=[123.7, 116.3, 103.5], std=[58.4, 57.1, 57.4], target="cpu")
+    pm = build_postprocess_model(d)
+    assert pm.appended_ops[:3] == ["CAST", "ADD", "GATHER"] and pm.input_exact and pm.input_dtype == "uint8"
+    v = validate_postprocess_model(pm.path, d, None, HELD_OUT)
+    assert v["vs_bundle"]["fp32_detections"] > 0 and v["vs_bundle"]["f1"] >= 0.99, v["vs_bundle"]
+    assert v["max_score_diff_vs_bundle"] < 1e-5
+
+
+def test_non_integer_mean_on_the_edgetpu_is_a_quantize(face, tmp_path):
+    from edge_ssd.convert.postprocess_model import build_postprocess_model
+
+    d = _variant(face, tmp_path, mean=[127.5] * 3, std=[127.5] * 3, target="edgetpu")
+    pm = build_postprocess_model(d)
+    assert pm.appended_ops[0] == "QUANTIZE" and not pm.input_exact and pm.input_zero_point == 128
+    assert "approximates mean 127.5" in pm.input_note

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--calibration", choices=["minmax", "percentile"], default=None,
                    help="activation ranges: min-max over the calibration images, or the --percentile of their "
                         "values (default: minmax, and auto also tries percentile)")
-    p.add_argument("--percentile", type=float, default=99.99, help="percentile for --calibration percentile")
+    p.add_argument("--percentile", type=float, default=99.999, help="percentile for --calibration percentile")
     p.add_argument("--backend", choices=["flatbuffer_direct", "tf_converter"], default="flatbuffer_direct",
                    help="onnx2tf backend: flatbuffer_direct (default, no TensorFlow) or tf_converter (needs "
                         "convert/.venv-tf from `scripts/setup.sh --with-tf`, 2.7 GB)")

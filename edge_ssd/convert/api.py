@@ -6,8 +6,9 @@ written as a bundle first and then validated as the device runs it: loaded by ``
 (the daemon's preprocessing, backend, head concatenation, dequantisation, decode and NMS) and compared with the
 source ONNX in ONNX Runtime (the runtime's ``.onnx`` loader) on held-out images: ``--val``, or a seeded 25% of
 ``--calib`` never used for calibration. The cut itself is proved the same way (the float body as a bundle must
-reproduce the source to 1e-4). ``--quant auto`` keeps the best attempt on those held-out images (int8 mAP when
-they have ground truth, else detection F1). Agreement below ``min_agreement`` gives ``ok=False`` (the CLI exits
+reproduce the source to 1e-4). ``--quant auto`` keeps the best attempt on those held-out images: the highest
+detection F1 among the attempts within 1 mAP point of fp32 when they have ground truth (else the smallest mAP
+drop), the highest F1 without ground truth. Agreement below ``min_agreement`` gives ``ok=False`` (the CLI exits
 4) while keeping the artefacts.
 """
 
@@ -32,6 +33,7 @@ from ..model.preprocess import Normalization
 log = logging.getLogger(__name__)
 
 EXIT_LOW_AGREEMENT = 4
+MAX_MAP_DROP = 1.0  # mAP points (VOC07) an attempt may lose against fp32 and still be chosen by F1
 # Ops the Edge TPU compiler maps (coral.ai/docs/edgetpu/models-intro#supported-operations)
 EDGETPU_OPS = {
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXP", "FULLY_CONNECTED",
@@ -135,14 +137,14 @@ class Recipe:
 
     quant_type: str = "per-channel"
     calibration: str = "minmax"
-    percentile: float = 99.99
+    percentile: float = 99.999
 
     @property
     def name(self) -> str:
         return self.quant_type + ("" if self.calibration == "minmax" else f"+p{self.percentile:g}")
 
 
-def recipes(quant: str, calibration: str | None, percentile: float = 99.99) -> list[Recipe]:
+def recipes(quant: str, calibration: str | None, percentile: float = 99.999) -> list[Recipe]:
     """What to try. ``--quant auto`` alone: per-channel and per-tensor with min-max, and per-channel with
     percentile calibration (3 onnx2tf runs); an explicit choice narrows it."""
     if quant not in ("auto", "per-channel", "per-tensor"):
@@ -150,7 +152,7 @@ def recipes(quant: str, calibration: str | None, percentile: float = 99.99) -> l
     if calibration not in (None, "minmax", "percentile"):
         raise UserError(f"--calibration {calibration!r}: use minmax or percentile")
     if not 50.0 < percentile <= 100.0:
-        raise UserError(f"--percentile {percentile}: give a percentile between 50 and 100, e.g. 99.99")
+        raise UserError(f"--percentile {percentile}: give a percentile between 50 and 100, e.g. 99.999")
     qts = ["per-channel", "per-tensor"] if quant == "auto" else [quant]
     if calibration is not None:
         return [Recipe(q, calibration, percentile) for q in qts]
@@ -252,10 +254,15 @@ class Attempt:
     ops: list | None = None
 
     def rank(self) -> tuple:
-        """Best first by int8 mAP when ground truth exists, else by detection F1."""
+        """Higher is better: detection F1 among the attempts whose mAP stays within :data:`MAX_MAP_DROP` points
+        of fp32 (all of them without ground truth); below that, the smaller mAP drop."""
         v = self.validation
+        f1 = v["agreement"]["f1"]
         m = next(iter(v["map"].values())) if v.get("map") else None
-        return (m["int8_map_voc07"] if m else v["agreement"]["f1"], v["agreement"]["f1"])
+        if m is None:
+            return (1, f1, 0.0)
+        drop = m["delta_points_voc07"]
+        return (1, f1, -drop) if drop <= MAX_MAP_DROP else (0, -drop, f1)
 
 
 @dataclass
@@ -360,7 +367,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
                   progress: bool = True, mean=None, std=None, input_shape=None, calib_split: str | None = None,
                   val_split: str | None = None, score_threshold: float = 0.5, keep_work: bool = False,
                   backend: str = "flatbuffer_direct", calibration: str | None = None,
-                  percentile: float = 99.99, postprocess_model: bool = False,
+                  percentile: float = 99.999, postprocess_model: bool = False,
                   allow_cpu_ops: bool = False) -> ConvertResult:
     """Convert ``onnx_path`` into the bundle directory ``out_dir``; see the module docstring."""
     from . import calibrate as cal

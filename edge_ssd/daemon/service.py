@@ -51,6 +51,17 @@ class _Probation:
     deadline: float
 
 
+def _warn_unknown_labels(cfg: Config, labels: list[str]) -> None:
+    """A filter or zone naming a label the model does not have never matches: say so once, at start."""
+    known = set(labels)
+    for s in cfg.sources:
+        named = set(s.filters) | {lab for z in s.zones for lab in (z.labels or [])}
+        unknown = sorted(named - known)
+        if unknown:
+            log.warning("source %s: filters/zones name label(s) the model does not know: %s (it knows %s)",
+                        s.name, ", ".join(unknown), ", ".join(x for x in labels if x.upper() != "BACKGROUND"))
+
+
 class Daemon:
     def __init__(self, config_path: str | Path, notifier: Notifier | None = None):
         self.config_path = Path(config_path)
@@ -123,6 +134,7 @@ class Daemon:
         # the run counter lives beside the spool; a stdout/file-only run without a state directory gets a random run
         keep = cfg.mqtt or cfg.spool.dir or os.environ.get("STATE_DIRECTORY")
         ids = MessageIds(cfg.spool.resolved_dir() if keep else None)
+        _warn_unknown_labels(cfg, det.labels)
         self.hub = Hub(cfg.device, ids, outputs, rules=source_rules(cfg),
                        tracking=tracker_settings(cfg))
         if self.metrics is not None:
@@ -361,7 +373,8 @@ class Daemon:
                 log.info("ready: model loaded, %d frame(s) processed%s", p.processed, why)
                 trim_heap()  # hand start-up memory (model loading, imports) back to the kernel
                 self.notifier.ready(f"running{why}: {self._status_line()}")
-            self.hub.tick()
+            if self.hub is not None:
+                self.hub.tick()
             if self.watchdog.due(p.last_progress, now):
                 self.notifier.watchdog()
             if now >= next_status:

@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..model import box as boxlib
 from ..model.bundle import BundleError, is_bundle, load_manifest
 from ..model.labels import resolve_labels
-from ..model.preprocess import Normalization, input_lut
+from ..model.preprocess import Normalization, input_lut, value_table
 from .backends import Backend, TensorInfo, open_backend
 from .onnx import identify_outputs
 
@@ -94,9 +94,7 @@ class Detector:
             if self.input_dtype.kind in "iu":
                 raise UserError(f"{source_path}: input tensor is {self.input_dtype} without quantisation "
                                 "parameters; re-run `edge-ssd convert`")
-            mean, std = inp.norm.as_arrays()
-            v = np.arange(256, dtype=np.float32)[None, :]
-            lut = ((v - mean[:, None]) / std[:, None]).astype(np.float32)
+            lut = value_table(inp.norm)
         self._lut_cv = np.ascontiguousarray(lut.T[None])  # (1, 256, 3)
         if self.input_dtype == np.int8:  # cv2.LUT has no int8 depth: apply on the uint8 view of the table
             self._lut_cv = self._lut_cv.view(np.uint8)
