@@ -218,3 +218,14 @@ def test_non_integer_mean_on_the_edgetpu_is_a_quantize(face, tmp_path):
     pm = build_postprocess_model(d)
     assert pm.appended_ops[0] == "QUANTIZE" and not pm.input_exact and pm.input_zero_point == 128
     assert "approximates mean 127.5" in pm.input_note
+
+
+def test_face_buffers_are_16_byte_aligned(face):
+    """TFLite's schema asks for 16-byte aligned buffers (``force_align: 16``), which the Python flatbuffers
+    generator ignores; the post-process model writes them aligned."""
+    from ai_edge_litert import schema_py_generated as s
+
+    m = s.Model.GetRootAs((face / POSTPROCESS_FILE).read_bytes(), 0)
+    starts = [m.Buffers(i)._tab.Vector(m.Buffers(i)._tab.Offset(4)) for i in range(m.BuffersLength())
+              if m.Buffers(i).DataLength()]
+    assert len(starts) > 50 and all(p % 16 == 0 for p in starts)
