@@ -387,7 +387,8 @@ def _problem_text(err: dict) -> str:
     return msg
 
 
-def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] | None = None) -> LoadedConfig:
+# complexity: one branch per config problem, each its own file:line message
+def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] | None = None) -> LoadedConfig:  # noqa: C901
     """Validate config ``text``; raises ``ConfigError`` with ``file:line: key: problem`` lines."""
     path = Path(path)
     env = os.environ if env is None else env

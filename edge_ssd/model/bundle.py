@@ -217,7 +217,7 @@ def load_manifest(path: str | Path, verify: bool = True) -> tuple[Manifest, Path
                           f"supports ({VERSION}); upgrade edge-ssd on the device")
     try:
         m = Manifest.model_validate(data)
-    except Exception as e:  # pydantic.ValidationError
+    except Exception as e:  # noqa: BLE001 - pydantic.ValidationError and value errors from validators
         first = str(e).splitlines()
         raise BundleError(f"{mpath}: invalid manifest: {' '.join(first[:3])}") from None
     model_path = mpath.parent / m.model_file

@@ -77,7 +77,7 @@ def _tflite_module(name: str):
         m = importlib.import_module(mod)
     except ImportError:
         return None
-    except Exception as e:  # a broken install (e.g. numpy ABI mismatch) is "absent", with a note
+    except Exception as e:  # noqa: BLE001 - a broken install (e.g. numpy ABI mismatch) is 'absent', with a note
         log.debug("cannot import %s: %s", mod, e)
         return None
     if name == "tensorflow":  # tensorflow.lite exposes Interpreter and experimental.load_delegate
@@ -93,7 +93,7 @@ def _module_version(name: str) -> str:
 
         dist = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(top, top)
         return version(dist)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a version is informational
         return "?"
 
 
