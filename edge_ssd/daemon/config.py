@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -373,7 +374,7 @@ def _fmt_loc(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def _problem_text(err: dict) -> str:
+def _problem_text(err: Mapping[str, Any]) -> str:
     t = err["type"]
     if t == "extra_forbidden":
         return "unknown key (remove it or check the spelling; see deploy/config.example.yaml)"
@@ -388,7 +389,7 @@ def _problem_text(err: dict) -> str:
 
 
 # complexity: one branch per config problem, each its own file:line message
-def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] | None = None) -> LoadedConfig:  # noqa: C901
+def parse_config(text: str, path: str | Path = "<config>", env: Mapping[str, str] | None = None) -> LoadedConfig:  # noqa: C901
     """Validate config ``text``; raises ``ConfigError`` with ``file:line: key: problem`` lines."""
     path = Path(path)
     env = os.environ if env is None else env
@@ -457,7 +458,7 @@ def _check_rollout(cfg: Config, lines: dict[tuple, int], fname: str) -> None:
                            "made by `edge-ssd keygen` there)"])
 
 
-def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedConfig:
     p = Path(path)
     try:
         text = p.read_text()
@@ -479,7 +480,7 @@ def source_rules(cfg: Config) -> dict[str, SourceRules]:
     out = {}
     for s in cfg.sources:
         rules = {lab: LabelRule(f.min_score, f.min_area) for lab, f in s.filters.items()}
-        zones = tuple(Zone(z.name, tuple(tuple(p) for p in z.polygon),
+        zones = tuple(Zone(z.name, tuple((float(p[0]), float(p[1])) for p in z.polygon),
                            None if z.labels is None else frozenset(z.labels)) for z in s.zones)
         out[s.name] = SourceRules(rules, zones)
     return out

@@ -152,7 +152,7 @@ class TFLiteBackend(Backend):
             order = [runtime]
         else:
             raise UserError(f"unknown TFLite runtime {runtime!r}: use one of {', '.join(TFLITE_BACKENDS)}")
-        mod, used = None, None
+        mod, used = None, ""
         for r in order:
             mod = _tflite_module(r)
             if mod is not None:
@@ -182,7 +182,7 @@ class TFLiteBackend(Backend):
                 raise UserError(f"cannot load the Edge TPU delegate {lib} ({first}); {EDGETPU_HINT}") from None
         self.name = "edgetpu" if edgetpu else used
         self.threads = threads
-        kwargs = {"model_path": str(path)}
+        kwargs: dict[str, object] = {"model_path": str(path)}
         if delegates:
             kwargs["experimental_delegates"] = delegates
         if threads:
