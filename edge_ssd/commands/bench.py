@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import _args as A
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -18,8 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--onnx", action="append", default=[],
                    help="source ONNX model to run on ONNX Runtime too (default: the bundle's source if found)")
     p.add_argument("--labels", help="labels file for bare .tflite/.onnx models without labels")
-    p.add_argument("--frames", "-n", type=int, default=200, help="timed frames per configuration")
-    p.add_argument("--warmup", type=int, default=10, help="untimed frames first")
+    p.add_argument("--frames", "-n", type=A.positive_int, default=200, help="timed frames per configuration")
+    p.add_argument("--warmup", type=A.nonneg_int, default=10, help="untimed frames first")
     p.add_argument("--threads", default="auto",
                    help="interpreter threads, comma-separated list (e.g. 1,2,4); auto: the runtime's default")
     p.add_argument("--backends", default="all",
@@ -165,7 +167,8 @@ def bench_nms(n_priors: int = 3000, n_classes: int = 21, frames: int = 200, seed
 
 
 _RSS_CHILD = """
-import json, sys, time, psutil
+import json, sys, time
+from edge_ssd.daemon.health import rss_bytes
 from edge_ssd.runtime.detector import load_detector
 from edge_ssd.runtime.pipeline import Pipeline, SourceConfig
 from edge_ssd.commands.bench import RepeatSource, bench_frame
@@ -173,14 +176,14 @@ model, backend, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 det = load_detector(model, backend=backend)
 frame = bench_frame(sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None)
 st = Pipeline(det, [SourceConfig(RepeatSource(frame, n))], [], process_all=True).run_until_done(600)
-p = psutil.Process()
-print(json.dumps({"rss_mb": round(p.memory_info().rss / 2**20, 1), "processed": st["processed"],
+print(json.dumps({"rss_mb": round(rss_bytes() / 2**20, 1), "processed": st["processed"],
                   "backend": det.backend_name}))
 """
 
 
 def bench_rss(model: str, backend: str = "auto", frames: int = 100, image: str | None = None) -> dict:
-    """Resident memory (psutil RSS) of a fresh process that loads ``model`` and runs a pipeline."""
+    """Resident memory (RSS from /proc, as the daemon reports it) of a fresh process that loads ``model`` and
+    runs a pipeline."""
     import json
     import subprocess
     import sys
@@ -344,7 +347,7 @@ def format_table(res: dict) -> str:
 def run(args) -> int:
     import json
 
-    from ..errors import UserError
+    from ..errors import DependencyError, UserError
 
     if args.threads == "auto":
         threads: list[int | None] = [None]
@@ -355,8 +358,13 @@ def run(args) -> int:
             raise UserError(f"--threads {args.threads!r}: give a comma-separated list of integers, e.g. 1,2,4") \
                 from None
     backends = None if args.backends == "all" else [b.strip() for b in args.backends.split(",") if b.strip()]
-    if args.frames < 1:
-        raise UserError("--frames must be at least 1")
+    if threads and min(threads) < 1:
+        raise UserError(f"--threads {args.threads!r}: every thread count must be at least 1")
+    if args.plot:  # fail before a long run, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise DependencyError("--plot needs matplotlib: pip install 'edge-ssd[convert]' (or drop --plot)") from None
     res = run_bench(args.model, args.onnx, args.labels, args.frames, args.warmup, threads, backends, args.image,
                     pipeline=not args.no_pipeline, rss=not args.no_rss)
     if args.plot and res["rows"]:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import _args as A
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train/reuse the test model, convert it to int8, run the daemon on a video")
     p.add_argument("--out", default="edge-ssd-demo", help="output folder (default: ./edge-ssd-demo)")
-    p.add_argument("--frames", type=int, default=60, help="frames in the demo video (default 60, 10 fps)")
+    p.add_argument("--frames", type=A.positive_int, default=60, help="frames in the demo video (default 60, 10 fps)")
     p.add_argument("--mqtt-host", help="publish to this MQTT broker instead of printing JSON lines")
-    p.add_argument("--mqtt-port", type=int, default=1883)
+    p.add_argument("--mqtt-port", type=A.port, default=1883)
     p.add_argument("--quiet", action="store_true", help="do not echo detections on stdout")
     p.add_argument("--rebuild", action="store_true", help="convert again even if the bundle is up to date")
     p.set_defaults(func=run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import _args as A
+
 NAMES = ("mb1-ssd-voc", "mb2-ssd-lite-voc")
 
 
@@ -23,8 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--url", help="download the weights from this address instead (a mirror)")
     p.add_argument("--labels-url", help="download the labels from this address instead")
     p.add_argument("--sha256", help="expected sha256 of the weights file")
-    p.add_argument("--retries", type=int, default=3, help="retries after a network failure (default 3)")
-    p.add_argument("--timeout", type=float, default=30.0, help="socket timeout in seconds (default 30)")
+    p.add_argument("--retries", type=A.nonneg_int, default=3, help="retries after a network failure (default 3)")
+    p.add_argument("--timeout", type=A.positive_float, default=30.0, help="socket timeout in seconds (default 30)")
     p.add_argument("--no-verify", action="store_true", help="skip test-loading the checkpoint (no torch needed)")
     p.set_defaults(func=run)
 

@@ -8,18 +8,20 @@ import sys
 import threading
 import time
 
+from . import _args as A
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("watch", help="subscribe to a broker and show detections live")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--port", type=A.port, default=1883)
     p.add_argument("--prefix", default="edge-ssd", help="topic prefix (mqtt.topic_prefix)")
     p.add_argument("--device", default="+", help="device name (default: all devices)")
     p.add_argument("--username")
     p.add_argument("--password", help="or $EDGE_SSD_MQTT_PASSWORD")
-    p.add_argument("--once", type=int, metavar="N", help="exit after N detection messages")
+    p.add_argument("--once", type=A.positive_int, metavar="N", help="exit after N detection messages")
     p.add_argument("--json", action="store_true", help="print each message as a JSON line instead of a table")
-    p.add_argument("--timeout", type=float, default=None, help="exit (code 1) after this many seconds")
+    p.add_argument("--timeout", type=A.positive_float, default=None, help="exit (code 1) after this many seconds")
     p.set_defaults(func=run)
 
 
