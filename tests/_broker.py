@@ -243,11 +243,12 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def first_occurrences(msgs: list[dict]) -> tuple[list[tuple], int]:
-    """(source, frame) keys in arrival order without re-deliveries, and the number of re-deliveries."""
+def first_occurrences(msgs: list[dict]) -> tuple[list[str], int]:
+    """Message ids in arrival order without re-deliveries, and the number of re-deliveries (docs/mqtt.md:
+    consumers de-duplicate on the id, unique per device across restarts)."""
     seen, out = set(), []
     for m in msgs:
-        k = (m["source"], m["frame"])
+        k = m["id"]
         if k not in seen:
             seen.add(k)
             out.append(k)

@@ -92,3 +92,43 @@ def test_reload_loads_bundle_replaced_at_same_path_and_clean_stop(tmp_path, vide
     assert rc == 0, err
     assert "WARNING" not in err, err  # a clean stop (and reloads) warn about nothing
     assert "disconnected" in err  # the clean disconnect is logged, at INFO
+
+
+def _scrape(port):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {s.name + json.dumps(s.labels, sort_keys=True): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_prometheus_endpoint_matches_the_stats_topic(tmp_path, video):
+    pytest.importorskip("prometheus_client")
+    from _broker import free_port
+
+    mport = free_port()
+    with Broker(tmp_path / "broker") as b:
+        col = Collector(b.port, ["edge-ssd/opsdev/stats"]).start()
+        cfg = write_config(tmp_path / "c.yaml", _config(tmp_path, video, b.port, FACE_MODEL,
+                                                        metrics={"port": mport}))
+        p = start_daemon(cfg)
+        try:
+            assert wait(lambda: len(col.json("/stats")) >= 2, 60), stderr_of(cfg)
+            m = _scrape(mport)
+            stats = col.json("/stats")[-1]
+        finally:
+            assert stop_daemon(p) == 0
+        col.stop()
+    frames = m['edge_ssd_frames_total{"source": "cam1"}']
+    assert frames >= stats["sources"]["cam1"]["processed"] > 0
+    # the histograms saw every frame (observed just before the frame counter moves)
+    for h in ("edge_ssd_e2e_latency_seconds", "edge_ssd_inference_seconds"):
+        n = m[h + '_count{"source": "cam1"}']
+        assert frames <= n <= frames + 2
+        assert m[h + '_sum{"source": "cam1"}'] > 0
+    assert m["edge_ssd_mqtt_connected{}"] == 1 and m["edge_ssd_mqtt_connects_total{}"] >= 1
+    assert m["edge_ssd_spool_queued{}"] >= 0 and 'edge_ssd_spool_dropped_total{"reason": "disk"}' in m
+    assert m["edge_ssd_events_total{}"] >= stats["events"] > 0
+    assert stats["latency_e2e_ms"]["p50"] > 0 and "queued" in stats["spool"]

@@ -25,6 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserError
+from ..publish.scene import LabelRule, SourceRules, Zone
+from ..publish.tracker import TrackerSettings
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 DEFAULT_SPOOL_DIR = "/var/lib/edge-ssd/spool"
@@ -56,6 +58,30 @@ class LabelFilter(_Strict):
         return label not in self.exclude
 
 
+class ObjectFilter(_Strict):
+    """Per-label filter (like Frigate's ``objects.filters``): applied before tracking, counts and every sink."""
+    min_score: float | None = Field(default=None, ge=0.0, le=1.0, description="drop detections scoring below")
+    min_area: float | None = Field(default=None, ge=0.0, le=1.0,
+                                   description="drop boxes smaller than this fraction of the frame's area")
+
+
+class ZoneConfig(_Strict):
+    """A polygon in normalised image coordinates (0..1, x right, y down); an object is in the zone when the
+    bottom centre of its box is inside. Each zone has its own occupancy and counts."""
+    name: str = Field(pattern=NAME_RE)
+    polygon: list[tuple[float, float]] = Field(min_length=3, description="[[x, y], ...] corners, 0..1")
+    labels: list[str] | None = Field(default=None, description="count only these labels (default: all)")
+
+    @field_validator("polygon")
+    @classmethod
+    def _normalised(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for x, y in v:
+            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+                raise ValueError(f"point [{x}, {y}] is outside 0..1; zones use normalised coordinates "
+                                 "(pixel x / width, pixel y / height)")
+        return v
+
+
 class SourceConfig(_Strict):
     name: str = Field(pattern=NAME_RE)
     url: str = Field(min_length=1, description="camera index, device path, file, glob, rtsp:// or http:// URL")
@@ -66,6 +92,17 @@ class SourceConfig(_Strict):
     snapshot: bool = False
     loop: bool = False  # for file sources: start again at the end (soak tests, demos)
     realtime: bool | None = None  # files: pace at the file's FPS (default: on for looping files)
+    filters: dict[str, ObjectFilter] = Field(default_factory=dict, description="per label: min_score, min_area")
+    zones: list[ZoneConfig] = Field(default_factory=list)
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, v: list[ZoneConfig]) -> list[ZoneConfig]:
+        names = [z.name for z in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate zone name(s) {', '.join(dup)}")
+        return v
 
 
 class TLSConfig(_Strict):
@@ -88,6 +125,14 @@ class RetainConfig(_Strict):
     detections: bool = False
 
 
+class ExpiryConfig(_Strict):
+    """Seconds after which a spooled message is stale: never sent later than that (dropped from the spool and
+    counted in ``stats.spool.dropped_expired``); with ``protocol: 5`` the broker gets the rest as the message
+    expiry interval, so it does not hand it to an offline subscriber later either. None: no expiry."""
+    detections: float | None = Field(default=None, gt=0)
+    events: float | None = Field(default=None, gt=0)
+
+
 class MqttConfig(_Strict):
     host: str = Field(min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
@@ -103,6 +148,19 @@ class MqttConfig(_Strict):
     reconnect_min_delay: float = Field(default=1.0, gt=0)
     reconnect_max_delay: float = Field(default=60.0, gt=0)
     inflight: int = Field(default=100, ge=1, le=65535, description="unacknowledged QoS>=1 messages in flight")
+    protocol: Literal[4, 5] = Field(default=4, description="MQTT 3.1.1 (4) or MQTT 5 (5)")
+    detections: Literal["all", "change", "off"] | float = Field(
+        default="all", description="the per-frame detections topic: every frame (all), when the objects per "
+        "label change (change), off, or a number: at most every N seconds")
+    events: bool = Field(default=True, description="publish <prefix>/<device>/events (new / update / end)")
+    expiry: ExpiryConfig = Field(default_factory=ExpiryConfig)
+
+    @field_validator("detections")
+    @classmethod
+    def _detections(cls, v: str | float) -> str | float:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError("a number of seconds must be > 0 (or use all, change, off)")
+        return v
 
     @field_validator("topic_prefix")
     @classmethod
@@ -135,6 +193,20 @@ class HomeAssistantConfig(_Strict):
     labels: list[str] | None = None  # count sensors for these labels (default: the sources' include lists)
 
 
+class TrackingConfig(_Strict):
+    """The object tracker behind events, counts and occupancy (IoU association per source and label)."""
+    iou: float = Field(default=0.3, gt=0.0, lt=1.0, description="minimum IoU to continue a track")
+    confirm_frames: int = Field(default=2, ge=1, description="frames seen before a track counts (and 'new')")
+    end_frames: int = Field(default=10, ge=1, description="frames unseen after which a track ends")
+    end_seconds: float = Field(default=2.0, gt=0, description="seconds unseen after which a track ends")
+    update_interval: float = Field(default=5.0, gt=0, description="at most one periodic 'update' per track")
+
+
+class MetricsConfig(_Strict):
+    port: int = Field(ge=1, le=65535, description="Prometheus /metrics on this port")
+    host: str = Field(default="127.0.0.1", description="address to listen on (localhost by default)")
+
+
 class FileSinkConfig(_Strict):
     path: str
     max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -156,6 +228,8 @@ class Config(_Strict):
     stats_interval: float = Field(default=30.0, gt=0, description="seconds between stats messages")
     flush_timeout: float = Field(default=10.0, ge=0, description="seconds to drain the spool on stop")
     sinks: SinksConfig = Field(default_factory=SinksConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    metrics: MetricsConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("sources")
@@ -373,6 +447,30 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
         raise ConfigError([f"{p}:{line}: (file): not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
                            "save the file as UTF-8"]) from None
     return parse_config(text, p, env)
+
+
+def config_schema() -> dict[str, Any]:
+    """The config file's JSON Schema (draft 2020-12), from the models above: what ``config check`` enforces,
+    except the checks that need the file system (password_file, TLS files)."""
+    schema = Config.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "edge-ssd daemon config",
+            **{k: v for k, v in schema.items() if k != "title"}}
+
+
+def source_rules(cfg: Config) -> dict[str, SourceRules]:
+    """Per source: the label filters and zones as the publishing side uses them."""
+    out = {}
+    for s in cfg.sources:
+        rules = {lab: LabelRule(f.min_score, f.min_area) for lab, f in s.filters.items()}
+        zones = tuple(Zone(z.name, tuple(tuple(p) for p in z.polygon),
+                           None if z.labels is None else frozenset(z.labels)) for z in s.zones)
+        out[s.name] = SourceRules(rules, zones)
+    return out
+
+
+def tracker_settings(cfg: Config) -> TrackerSettings:
+    t = cfg.tracking
+    return TrackerSettings(t.iou, t.confirm_frames, t.end_frames, t.end_seconds, t.update_interval)
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:

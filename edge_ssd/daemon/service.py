@@ -17,6 +17,7 @@ When every source is finite (files, folders) and has ended, the daemon flushes a
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ from ..errors import UserError
 from ..model.bundle import fingerprint
 from ..publish.messages import SCHEMA, json_bytes
 from ..publish.topics import Topics
-from .config import Config, ConfigError, LoadedConfig, load_config
+from .config import Config, ConfigError, LoadedConfig, load_config, source_rules, tracker_settings
 from .health import Watchdog, source_status, stats_message
 from .sdnotify import Notifier, watchdog_interval
 
@@ -50,6 +51,8 @@ class Daemon:
         self.spool = None
         self.publisher = None
         self.mqtt_sink = None
+        self.hub = None
+        self.metrics = None  # the Prometheus endpoint (metrics: section), kept across reloads
         self.model_sha: str | None = None  # fingerprint of the loaded model (reload compares it)
         self.ready = False
         self.started = time.monotonic()
@@ -79,6 +82,8 @@ class Daemon:
     def _start(self, loaded: LoadedConfig, reuse_detector: bool = False) -> None:
         from ..capture import source_kind
         from ..publish.filesink import FileSink
+        from ..publish.hub import Hub
+        from ..publish.identity import MessageIds
         from ..publish.stdout import StdoutSink
         from ..runtime import Pipeline, load_detector
 
@@ -89,18 +94,26 @@ class Daemon:
             self.model_sha = fingerprint(cfg.model.bundle)
             self.detector = load_detector(cfg.model.bundle, backend=cfg.model.backend, threads=cfg.model.threads)
         det = self.detector
-        sinks = []
+        outputs = []
         if cfg.sinks.file:
             f = cfg.sinks.file
-            sinks.append(FileSink(f.path, cfg.device, max_bytes=f.max_bytes, backups=f.backups))
+            outputs.append(FileSink(f.path, max_bytes=f.max_bytes, backups=f.backups))
         if cfg.stdout_enabled:
-            sinks.append(StdoutSink(cfg.device))
+            outputs.append(StdoutSink())
         if cfg.mqtt:
-            sinks.append(self._start_mqtt(loaded, det))
+            outputs.append(self._start_mqtt(loaded, det))
+        # the run counter lives beside the spool; a stdout/file-only run without a state directory gets a random run
+        keep = cfg.mqtt or cfg.spool.dir or os.environ.get("STATE_DIRECTORY")
+        ids = MessageIds(cfg.spool.resolved_dir() if keep else None)
+        self.hub = Hub(cfg.device, ids, outputs, rules=source_rules(cfg),
+                       tracking=tracker_settings(cfg))
+        if self.metrics is not None:
+            self.hub.observer = self.metrics.observe
         process_all = all(source_kind(s.url) in ("file", "images") and not s.loop for s in cfg.sources)
-        self.pipeline = Pipeline(det, self._pipeline_sources(cfg, det.labels), sinks, process_all=process_all)
+        self.pipeline = Pipeline(det, self._pipeline_sources(cfg, det.labels), [self.hub], process_all=process_all)
         self.pipeline.start()
         self.loaded = loaded
+        log.info("publishing as run %s (message ids %s-<n>)", self.hub.ids.run, self.hub.ids.run)
 
     def _start_mqtt(self, loaded: LoadedConfig, det):
         from ..publish.homeassistant import discovery_messages, labels_for_source
@@ -126,8 +139,10 @@ class Daemon:
         for s in cfg.sources:
             self.publisher.set_state(topics.status(s.name), json_bytes({"schema": SCHEMA, "state": "starting"}),
                                      retain=m.retain.status)
-        self.mqtt_sink = MqttSink(self.publisher, cfg.device, count_labels=count_labels,
+        self.mqtt_sink = MqttSink(self.publisher, count_labels=count_labels,
+                                  zones={s.name: {z.name: z.labels for z in s.zones} for s in cfg.sources},
                                   retain_counts=m.retain.counts, retain_detections=m.retain.detections,
+                                  detections=m.detections, events=m.events,
                                   snapshots={s.name for s in cfg.sources if s.snapshot})
         self.publisher.start()
         return self.mqtt_sink
@@ -144,7 +159,7 @@ class Daemon:
                             len(self.spool), self.spool.dir)
         if self.spool is not None:
             self.spool.close()
-        self.pipeline = self.publisher = self.spool = self.mqtt_sink = None
+        self.pipeline = self.publisher = self.spool = self.mqtt_sink = self.hub = None
         return drained
 
     # -- periodic work --------------------------------------------------------------------------------------
@@ -165,11 +180,22 @@ class Daemon:
             self.publisher.set_state(self.publisher.topics.status(s.name), json_bytes(st),
                                      retain=cfg.mqtt.retain.status)
 
-    def _publish_stats(self) -> dict:
-        ps = self.pipeline.stats()
+    def stats(self) -> dict | None:
+        """The stats message (the stats topic and the metrics endpoint); None while (re)starting."""
+        pipeline, hub = self.pipeline, self.hub
+        if pipeline is None or hub is None or self.loaded is None:
+            return None
         spool = self.spool.stats() if self.spool is not None else None
         mqtt = self.publisher.stats() if self.publisher is not None else None
-        msg = stats_message(self.loaded.config.device, ps, spool, mqtt, self.started, self._source_fps())
+        msg = stats_message(self.loaded.config.device, pipeline.stats(), spool, mqtt, self.started,
+                            self._source_fps())
+        e2e = hub.e2e_ms.summary()
+        msg["latency_e2e_ms"] = {"p50": e2e["p50"], "p95": e2e["p95"]}
+        msg["events"] = hub.events
+        return msg
+
+    def _publish_stats(self) -> dict:
+        msg = self.stats()
         if self.publisher is not None:
             retain = self.loaded.config.mqtt.retain.stats
             self.publisher.set_state(self.publisher.topics.stats, json_bytes(msg), retain=retain)
@@ -198,6 +224,8 @@ class Daemon:
             self.notifier.notify("READY=1", "STATUS=reload failed: " + e.problems[0])
             return
         log.info("reload: applying %s", self.config_path)
+        if self.loaded is not None and new.config.metrics != self.loaded.config.metrics:
+            log.warning("reload: the metrics section changed; it takes effect at the next restart")
         same_model = self.loaded is not None and new.config.model == self.loaded.config.model
         if same_model and fingerprint(new.config.model.bundle) != self.model_sha:
             log.info("reload: %s changed on disk (sha256 %s -> %s): loading the new model",
@@ -221,6 +249,11 @@ class Daemon:
     def run(self) -> int:
         loaded = load_config(self.config_path)
         self._signals()
+        if loaded.config.metrics:
+            from .metrics import Metrics
+
+            mc = loaded.config.metrics
+            self.metrics = Metrics(mc.port, mc.host, self.stats).start()
         log.info("edge-ssd daemon starting: device %s, %d source(s)%s", loaded.config.device,
                  len(loaded.config.sources),
                  f", mqtt {loaded.config.mqtt.host}:{loaded.config.mqtt.port}" if loaded.config.mqtt else "")
@@ -243,6 +276,7 @@ class Daemon:
                 why = "" if p.processed else f" (no frame within {READY_TIMEOUT:.0f} s)"
                 log.info("ready: model loaded, %d frame(s) processed%s", p.processed, why)
                 self.notifier.ready(f"running{why}: {self._status_line()}")
+            self.hub.tick()
             if self.watchdog.due(p.last_progress, now):
                 self.notifier.watchdog()
             if now >= next_status:
@@ -262,6 +296,8 @@ class Daemon:
             if self.publisher is not None:
                 self._publish_stats()
         drained = self._stop_components(self.loaded.config.flush_timeout)
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("stopped%s", "" if drained else " (spool not empty)")
         self.notifier.close()
         return 0

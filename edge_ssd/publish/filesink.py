@@ -8,16 +8,15 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
-from ..model.result import FrameResult
-from .messages import detection_message, dumps
+from .hub import Update
+from .messages import dumps
 
 log = logging.getLogger(__name__)
 
 
 class FileSink:
-    def __init__(self, path: str | Path, device: str = "", max_bytes: int = 16 << 20, backups: int = 3):
+    def __init__(self, path: str | Path, max_bytes: int = 16 << 20, backups: int = 3):
         self.path = Path(path)
-        self.device = device
         self.max_bytes = int(max_bytes)
         self.backups = int(backups)
         self._lock = threading.Lock()
@@ -43,8 +42,10 @@ class FileSink:
         self._f = open(self.path, "a", encoding="utf-8")
         self._size = 0
 
-    def handle(self, result: FrameResult) -> None:
-        line = dumps(detection_message(result, self.device)) + "\n"
+    def handle(self, u: Update) -> None:
+        if u.detection is None:
+            return
+        line = dumps(u.detection) + "\n"
         n = len(line.encode())
         with self._lock:
             try:

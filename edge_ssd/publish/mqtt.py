@@ -1,7 +1,7 @@
 """MQTT publishing that loses nothing (paho-mqtt 2.x, ``CallbackAPIVersion.VERSION2``).
 
 Three kinds of messages:
-  - durable (detections): appended to the on-disk :class:`~edge_ssd.publish.spool.Spool` first, handed to the
+  - durable (detections, events): appended to the on-disk :class:`~edge_ssd.publish.spool.Spool` first, handed to the
     broker in spool order, deleted from the spool only when acknowledged (PUBACK -> ``on_publish(mid)``). Live
     messages never overtake spooled ones because *every* durable message goes through the spool: the
     publisher always sends the oldest unsent row next.
@@ -18,8 +18,8 @@ object is discarded and a fresh one connects (exponential backoff between ``reco
 on_connect callback, so anything published from another thread in between overtakes them, and the spool
 replay would send them a second time. With one thread and one client per connection, unacknowledged spool
 rows are simply replayed in id order on the new connection. Delivery is at-least-once: a message whose PUBACK
-was lost with the connection is sent again (MQTT's DUP semantics); consumers can de-duplicate on
-``(device, source, frame)``.
+was lost with the connection is sent again (MQTT's DUP semantics); consumers de-duplicate on the message
+``id`` (publish/identity.py).
 
 Broker refusals (bad credentials, not authorised) are logged as one line per distinct reason; the publisher
 keeps retrying with backoff (messages keep going to the spool) so that fixing the broker side, or the config
@@ -35,7 +35,9 @@ import threading
 import time
 from collections import deque
 
-from .messages import detection_message, json_bytes
+from .hub import Update
+from .messages import json_bytes
+from .scene import Counts
 from .spool import Spool
 from .topics import Topics
 
@@ -324,54 +326,95 @@ class MqttPublisher:
 
 
 class MqttSink:
-    """Pipeline sink: detections (durable), per-label and total counts (state, on change), snapshots (live)."""
+    """Hub output: detections (durable, per ``detections`` mode), events (durable), counts per label and per
+    zone (state, on change, from the confirmed tracks; none before they are known), snapshots (live)."""
 
-    def __init__(self, publisher: MqttPublisher, device: str, *, count_labels: dict[str, list[str]] | None = None,
-                 retain_counts: bool = True, retain_detections: bool = False,
+    def __init__(self, publisher: MqttPublisher, *, count_labels: dict[str, list[str]] | None = None,
+                 zones: dict[str, dict[str, list[str] | None]] | None = None, retain_counts: bool = True,
+                 retain_detections: bool = False, detections: str | float = "all", events: bool = True,
                  snapshots: set[str] | None = None, snapshot_interval: float = 1.0):
         from ..runtime.stats import RateMeter
 
         self.pub = publisher
         self.topics = publisher.topics
-        self.device = device
         self.retain_counts = retain_counts
         self.retain_detections = retain_detections
+        self.detections = detections
+        self.events = events
         self.snapshots = set(snapshots or ())
         self.wants_image = bool(self.snapshots)
         self.snapshot_interval = snapshot_interval
         self._last_snap: dict[str, float] = {}
         self._labels: dict[str, set[str]] = {k: set(v) for k, v in (count_labels or {}).items()}
+        # per source, per zone: the labels that get a count topic (None: the source's count labels)
+        self._zones: dict[str, dict[str, list[str] | None]] = zones or {}
+        self._zone_labels: dict[tuple[str, str], set[str]] = {}
+        self._last_det: dict[str, tuple[float, tuple]] = {}  # source -> (capture ts, label multiset) published
         self.rates: dict[str, RateMeter] = {}
         self._meter = RateMeter
         self.frames: dict[str, int] = {}
         self.last_inference_ms: dict[str, float] = {}
-        for src, labels in self._labels.items():  # counts start at 0 (retained), so HA shows a value at once
-            self.pub.set_state(self.topics.total(src), b"0", retain=retain_counts)
-            for lab in labels:
-                self.pub.set_state(self.topics.count(src, lab), b"0", retain=retain_counts)
+        self.detections_skipped = 0
 
-    def handle(self, r) -> None:
-        msg = detection_message(r, self.device)
-        self.pub.publish_durable(self.topics.detections(r.source), json_bytes(msg), retain=self.retain_detections)
-        counts: dict[str, int] = {}
-        for o in msg["objects"]:
-            counts[o["label"]] = counts.get(o["label"], 0) + 1
-        tracked = self._labels.setdefault(r.source, set())
-        tracked.update(counts)
+    def handle(self, u: Update) -> None:
+        if u.detection is not None:
+            if self._detection_due(u.source, u.detection):
+                self.pub.publish_durable(self.topics.detections(u.source), json_bytes(u.detection),
+                                         retain=self.retain_detections)
+            else:
+                self.detections_skipped += 1
+        if self.events:
+            for e in u.events:
+                self.pub.publish_durable(self.topics.events, json_bytes(e))
+        if u.counts is not None:
+            self._publish_counts(u.source, u.counts)
+        if u.result is not None:
+            self._frame_stats(u.result)
+            self._snapshot(u.result, u.detection)
+
+    def _detection_due(self, source: str, msg: dict) -> bool:
+        mode = self.detections
+        if mode == "all":
+            return True
+        if mode == "off":
+            return False
+        key = tuple(sorted(o["label"] for o in msg["objects"]))
+        last = self._last_det.get(source)
+        due = last is None or (key != last[1] if mode == "change" else msg["ts"] - last[0] >= float(mode))
+        if due:
+            self._last_det[source] = (msg["ts"], key)
+        return due
+
+    def _publish_counts(self, source: str, c: Counts) -> None:
+        tracked = self._labels.setdefault(source, set())
+        tracked.update(c.labels)
+        r = self.retain_counts
         for lab in tracked:
-            self.pub.set_state(self.topics.count(r.source, lab), str(counts.get(lab, 0)), retain=self.retain_counts)
-        self.pub.set_state(self.topics.total(r.source), str(len(msg["objects"])), retain=self.retain_counts)
+            self.pub.set_state(self.topics.count(source, lab), str(c.labels.get(lab, 0)), retain=r)
+        self.pub.set_state(self.topics.total(source), str(c.total), retain=r)
+        for zone, only in self._zones.get(source, {}).items():
+            per = c.zones.get(zone, {})
+            zl = self._zone_labels.setdefault((source, zone), set(only if only is not None else tracked))
+            zl.update(per)
+            for lab in zl:
+                self.pub.set_state(self.topics.zone_count(source, zone, lab), str(per.get(lab, 0)), retain=r)
+            self.pub.set_state(self.topics.zone_count(source, zone), str(sum(per.values())), retain=r)
+
+    def _frame_stats(self, r) -> None:
         self.rates.setdefault(r.source, self._meter()).tick()
         self.frames[r.source] = self.frames.get(r.source, 0) + 1
         self.last_inference_ms[r.source] = float(r.inference_ms)
-        if r.source in self.snapshots and msg["objects"] and r.image is not None:
-            now = time.monotonic()
-            if now - self._last_snap.get(r.source, -1e9) >= self.snapshot_interval:
-                import cv2
 
-                ok, jpg = cv2.imencode(".jpg", r.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-                if ok and self.pub.publish_live(self.topics.snapshot(r.source), jpg.tobytes(), qos=0, retain=True):
-                    self._last_snap[r.source] = now
+    def _snapshot(self, r, msg: dict | None) -> None:
+        if r.source not in self.snapshots or not (msg and msg["objects"]) or r.image is None:
+            return
+        now = time.monotonic()
+        if now - self._last_snap.get(r.source, -1e9) >= self.snapshot_interval:
+            import cv2
+
+            ok, jpg = cv2.imencode(".jpg", r.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+            if ok and self.pub.publish_live(self.topics.snapshot(r.source), jpg.tobytes(), qos=0, retain=True):
+                self._last_snap[r.source] = now
 
     def fps(self, source: str) -> float:
         m = self.rates.get(source)

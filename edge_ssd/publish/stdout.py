@@ -1,25 +1,26 @@
-"""JSON-lines sinks: one detection message (the same JSON as the MQTT ``detections`` topic) per frame."""
+"""JSON lines on stdout: one detection message (the same JSON as the MQTT ``detections`` topic) per frame."""
 
 from __future__ import annotations
 
 import sys
 import threading
 
-from ..model.result import FrameResult
-from .messages import detection_message, dumps
+from .hub import Update
+from .messages import dumps
 
 
 class StdoutSink:
     """JSON lines on stdout (the default sink when no broker is configured)."""
 
-    def __init__(self, device: str = "", stream=None):
-        self.device = device
+    def __init__(self, stream=None):
         self.stream = stream or sys.stdout
         self._lock = threading.Lock()
         self.written = 0
 
-    def handle(self, result: FrameResult) -> None:
-        line = dumps(detection_message(result, self.device))
+    def handle(self, u: Update) -> None:
+        if u.detection is None:
+            return
+        line = dumps(u.detection)
         with self._lock:
             self.stream.write(line + "\n")
             self.stream.flush()

@@ -24,6 +24,10 @@ class Topics:
     def stats(self) -> str:  # periodic JSON
         return f"{self.base}/stats"
 
+    @property
+    def events(self) -> str:  # JSON per tracked-object event (new / update / end), every source
+        return f"{self.base}/events"
+
     def detections(self, source: str) -> str:  # JSON per processed frame
         return f"{self.base}/{source}/detections"
 
@@ -32,6 +36,10 @@ class Topics:
 
     def total(self, source: str) -> str:  # retained integer: all objects passing the source's filters
         return f"{self.base}/{source}/count"
+
+    def zone_count(self, source: str, zone: str, label: str | None = None) -> str:  # retained integer
+        tail = f"/{slug(label)}" if label is not None else ""
+        return f"{self.base}/{source}/zones/{zone}{tail}/count"
 
     def status(self, source: str) -> str:  # retained JSON: state, fps, inference_ms, frames ...
         return f"{self.base}/{source}/status"
