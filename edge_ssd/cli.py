@@ -78,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-ssd: error: {args.command} needs the Python module '{what}', which is not installed or "
               f"broken; {install_hint(what)}", file=sys.stderr)
         return DependencyError.exit_code
+    except UnicodeDecodeError as e:
+        if args.verbose:
+            raise
+        print(f"edge-ssd: error: a text file given to {args.command} is not UTF-8 (byte 0x{e.object[e.start]:02x} at "
+              f"offset {e.start}); save it as UTF-8 text", file=sys.stderr)
+        return 2
     except OSError as e:
         # the safety net for files and disks (missing folder, permissions, a full disk): one line, no traceback
         # (use -v to see where it came from)

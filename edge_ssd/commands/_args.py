@@ -40,3 +40,8 @@ nonneg_float = _number(float, 0, None)
 unit_float = _number(float, 0, 1)
 port = _number(int, 1, 65535)
 threads = _number(int, 1, 64)
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    """``--no-progress``: no progress bars (they are drawn only on a terminal anyway: never into the journal)."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (bars show only on a terminal)")

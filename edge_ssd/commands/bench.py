@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-rss", action="store_true", help="skip the resident memory measurement (a subprocess)")
     p.add_argument("--plot", metavar="PNG", help="write a latency plot")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    A.add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -251,7 +252,7 @@ def plot_results(rows: list[dict], path: str) -> None:
 
 def run_bench(models: list[str], onnx: list[str] = (), labels: str | None = None, frames: int = 200,
               warmup: int = 10, threads: list[int | None] = (None,), backends: list[str] | None = None,
-              image: str | None = None, pipeline: bool = True, rss: bool = True) -> dict:
+              image: str | None = None, pipeline: bool = True, rss: bool = True, progress: bool = True) -> dict:
     """Everything ``edge-ssd bench`` measures, as a dict (``rows`` per model/backend/threads)."""
     from pathlib import Path
 
@@ -290,7 +291,7 @@ def run_bench(models: list[str], onnx: list[str] = (), labels: str | None = None
         raise UserError("nothing to benchmark: no installed backend can run the given model(s); "
                         "install ai-edge-litert (TFLite) or onnxruntime (.onnx)")
     rows, skipped = [], []
-    for m, b, t in tqdm(jobs, desc="bench", unit="config"):
+    for m, b, t in tqdm(jobs, desc="bench", unit="config", disable=None if progress else True):
         try:
             det = load_detector(m, backend=b, threads=t, labels=labels)
         except UserError as e:
@@ -358,7 +359,7 @@ def run(args) -> int:
             raise UserError(f"--threads {args.threads!r}: give a comma-separated list of integers, e.g. 1,2,4") \
                 from None
     backends = None if args.backends == "all" else [b.strip() for b in args.backends.split(",") if b.strip()]
-    if threads and min(threads) < 1:
+    if any(t is not None and t < 1 for t in threads):
         raise UserError(f"--threads {args.threads!r}: every thread count must be at least 1")
     if args.plot:  # fail before a long run, not after it
         try:
@@ -366,7 +367,10 @@ def run(args) -> int:
         except ImportError:
             raise DependencyError("--plot needs matplotlib: pip install 'edge-ssd[convert]' (or drop --plot)") from None
     res = run_bench(args.model, args.onnx, args.labels, args.frames, args.warmup, threads, backends, args.image,
-                    pipeline=not args.no_pipeline, rss=not args.no_rss)
+                    pipeline=not args.no_pipeline, rss=not args.no_rss, progress=not args.no_progress)
+    if not res["rows"] and res.get("skipped"):
+        s = res["skipped"][0]
+        raise UserError(f"nothing could be benchmarked: {s['error']}")
     if args.plot and res["rows"]:
         plot_results(res["rows"], args.plot)
         res["plot"] = args.plot

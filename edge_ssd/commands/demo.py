@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--mqtt-port", type=A.port, default=1883)
     p.add_argument("--quiet", action="store_true", help="do not echo detections on stdout")
     p.add_argument("--rebuild", action="store_true", help="convert again even if the bundle is up to date")
+    A.add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -98,7 +99,7 @@ def run(args) -> int:
     t0 = time.monotonic()
 
     _say("1/4 trained test model (built once and cached; the first build takes several minutes)")
-    tm = get_test_model(progress=True)
+    tm = get_test_model(progress=not args.no_progress)
     _say(f"    {tm.onnx_path}  fp32 mAP@0.5 {tm.metrics.get('map_voc07', float('nan')):.3f} (held-out split)")
 
     bundle = out / "shapes-int8.bundle"
@@ -106,7 +107,7 @@ def run(args) -> int:
     if args.rebuild or not _bundle_is_current(bundle, onnx_sha):
         _say("2/4 edge-ssd convert: int8, calibrated on the training split, validated on the held-out split")
         res = convert_model(tm.onnx_path, bundle, calib=tm.dataset_dir, calib_split="train", calib_count=200,
-                            val=tm.dataset_dir, val_split="test", force=True, progress=True)
+                            val=tm.dataset_dir, val_split="test", force=True, progress=not args.no_progress)
         if not res.ok:
             _say(f"    conversion below the agreement threshold; artefacts kept in {bundle}")
             return 4

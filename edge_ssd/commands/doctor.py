@@ -28,11 +28,12 @@ def run(args) -> int:
     import json
 
     from ..doctor import run_checks
+    from ..redact import mask
 
     report = run_checks(config=args.config, bundle=args.model, root=args.root, user=args.user,
                         timeout=args.timeout)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=1, default=str))
+        print(mask(json.dumps(report.as_dict(), indent=1, default=str)))
     else:
-        print(report.text())
+        print(mask(report.text()))
     return report.exit_code

@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--labels", default=None, help="labels file when the model carries no labels metadata")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +44,8 @@ def run(args) -> int:
     labels = predictor.labels
     if labels is None:
         raise UserError(f"{args.model} carries no labels; pass --labels FILE (one class per line, BACKGROUND first)")
-    report = evaluate(predictor, dataset, iou=args.iou, limit=args.limit, model_labels=labels)
+    report = evaluate(predictor, dataset, iou=args.iou, limit=args.limit, model_labels=labels,
+                      progress=not args.no_progress)
     report.update(model=str(args.model), dataset=str(args.dataset), split=args.split, threshold=args.threshold,
                   predictor=predictor.description)
     print(format_report(report))

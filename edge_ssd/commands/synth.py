@@ -24,6 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-objects", "--max_objects", type=A.positive_int, default=4, help="objects per image, at most")
     p.add_argument("--video", metavar="PATH", help="also render a clip of moving shapes to PATH (.avi MJPG)")
     p.add_argument("--frames", type=A.positive_int, default=60, help="video frames (default 60)")
+    A.add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -39,7 +40,7 @@ def run(args) -> int:
         raise UserError("--max-objects must be >= 1")
     cfg = SynthConfig(min_scale=args.min_scale, max_scale=args.max_scale, max_objects=args.max_objects)
     root = make_dataset(args.out, train=args.train, test=args.test, seed=args.seed, cfg=cfg,
-                        validation=args.validation)
+                        validation=args.validation, progress=not args.no_progress)
     print(f"wrote {args.train} train / {args.test} test images to {root}")
     if args.video:
         gts = make_video(args.video, n_frames=args.frames, seed=args.seed)

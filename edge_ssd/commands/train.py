@@ -64,6 +64,7 @@ def register(subparsers) -> None:
     _flag(p, "--test-model", action="store_true",
           help="build (or find in the cache) the synthetic test model and print where it is")
     _flag(p, "--cache-dir", help="cache for --test-model (default $EDGE_SSD_CACHE or ~/.cache/edge-ssd)")
+    A.add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -75,7 +76,7 @@ def run(args) -> int:
     if args.test_model:
         from ..train.testmodel import get_test_model
 
-        tm = get_test_model(cache_dir=args.cache_dir)
+        tm = get_test_model(cache_dir=args.cache_dir, progress=not args.no_progress)
         print(json.dumps(tm.to_json(), indent=1))
         return 0
     if not args.datasets:
@@ -95,7 +96,7 @@ def run(args) -> int:
         checkpoint_folder=args.checkpoint_folder, seed=args.seed, threads=args.threads,
         channel_swap=not args.no_channel_swap, max_steps=args.max_steps,
     )  # fmt: skip
-    res = train(cfg)
+    res = train(cfg, progress=not args.no_progress)
     print(f"best checkpoint: {res.best_path} (epoch {res.best.get('epoch')}); labels: {res.labels_path}; "
           f"{res.seconds:.0f} s")
     return 0

@@ -151,7 +151,7 @@ def validate(fp32: OnnxFp32, int8: TfliteInt8, images, *, score_threshold: float
     used, skipped = 0, []
     examples = []
     dets_fp, dets_q = {}, {}
-    for k in tqdm(range(len(images)), desc="validating fp32 vs int8", unit="img", disable=not progress,
+    for k in tqdm(range(len(images)), desc="validating fp32 vs int8", unit="img", disable=None if progress else True,
                   leave=False):
         try:
             img = images.load(k)

@@ -248,6 +248,8 @@ class Daemon:
 
     def run(self) -> int:
         loaded = load_config(self.config_path)
+        for w in loaded.warnings:
+            log.warning("%s", w)
         self._signals()
         if loaded.config.metrics:
             from .metrics import Metrics

@@ -66,9 +66,9 @@ def read_labels(path: str | Path) -> list[str]:
     p = Path(path)
     try:
         text = p.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read labels file {p} ({e.strerror}); pass a text file with one label per "
-                        "line") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read labels file {p} ({getattr(e, 'strerror', None) or 'not UTF-8 text'}); pass "
+                        "a UTF-8 text file with one label per line") from None
     if p.suffix == ".json":
         try:
             labels = json.loads(text)

@@ -402,7 +402,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     total_steps = steps_per_epoch * (cfg.num_epochs - start_epoch)
     if cfg.max_steps:
         total_steps = min(total_steps, int(cfg.max_steps))
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, desc="train", unit="step", disable=None if progress else True, dynamic_ncols=True)
     step = 0
     stop = False
     try:
