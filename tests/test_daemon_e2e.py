@@ -92,10 +92,10 @@ def test_detections_arrive_exactly_as_produced_with_notify(tmp_path, video):
     alive = [e for e in events if e["type"] == "end" and e["ts"] > produced[-1]["ts"]]
     assert counts and counts[-1] == len(alive) > 0
     assert all(a != b for a, b in zip(counts, counts[1:], strict=False))  # published on change only
-    disc = [json.loads(x) for x in col.on("/config")]
-    uids = {d["unique_id"] for d in disc}
+    disc = [json.loads(x) for x in col.on("homeassistant/device/edge_ssd_testdev/config")]
+    uids = {c["unique_id"] for c in disc[-1]["cmps"].values()}
     assert {"edge_ssd_testdev_cam1_occupancy", "edge_ssd_testdev_cam1_face_count"} <= uids
-    assert all(d["availability"][0]["topic"] == "edge-ssd/testdev/available" for d in disc)
+    assert disc[-1]["avty"][0]["topic"] == "edge-ssd/testdev/available"
     stats = col.json("edge-ssd/testdev/stats")
     assert stats and stats[-1]["processed"] >= len(produced) - 2 and "spool" in stats[-1]
     status = col.json("/cam1/status")

@@ -161,6 +161,21 @@ def test_class_mapping_by_model_labels():
         evaluate_detections({"i": d}, ds, model_labels=["BACKGROUND", "zebra"])
 
 
+@needs_voc
+def test_map_over_the_classes_the_model_knows(voc):
+    """A person-only model is scored on person alone, not averaged with 19 zeros; the rest is listed."""
+    person = voc.class_names.index("person")
+    dets = {}
+    for s in voc:
+        m = s.labels == person
+        dets[s.image_id] = Detections(s.boxes[m].copy(), np.ones(int(m.sum()), np.float32), np.ones(int(m.sum()),
+                                                                                                     np.int64))
+    r = evaluate_detections(dets, voc, model_labels=["BACKGROUND", "person"])
+    assert r["map_auc"] == pytest.approx(1.0) and r["num_classes"] == 1 and list(r["per_class"]) == ["person"]
+    assert "person" not in r["classes_model_lacks"] and len(r["classes_model_lacks"]) == 19
+    assert r["num_gt"] == r["per_class"]["person"]["npos"] > 0
+
+
 def test_ap_formulas_on_hand_curves():
     rec, prec = precision_recall(np.array([1, 0, 1, 0.0]), np.array([0, 1, 0, 1.0]), 4)
     np.testing.assert_allclose(rec, [0.25, 0.25, 0.5, 0.5])
@@ -363,6 +378,43 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, voc):
     assert "--iou" in run(model, VOC, "--iou", "1.5")
 
 
+def _voc_xml(path: Path, image: str, w: int, h: int, objects) -> None:
+    objs = "".join(f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+                   f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>" for n, (x1, y1, x2, y2) in objects)
+    path.write_text(f"<annotation><filename>{image}</filename><size><width>{w}</width><height>{h}</height>"
+                    f"</size>{objs}</annotation>")
+
+
+@needs_voc
+def test_cli_voc_folder_with_a_class_outside_voc_and_labels(tmp_path, voc):
+    """A VOC folder whose boxes are 'face' (not one of VOC's 20) and 'person', a face model with --labels:
+    mAP over face (the class both know), person listed as a class the model lacks."""
+    import shutil
+
+    root = tmp_path / "voc"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    s0 = voc[0]
+    shutil.copy(s0.image_path, root / "JPEGImages" / "a.jpg")
+    w, h = s0.width, s0.height
+    face_px, person_px = (11, 21, 111, 141), (151, 31, 251, 201)
+    _voc_xml(root / "Annotations" / "a.xml", "a.jpg", w, h, [("face", face_px), ("person", person_px)])
+    box = np.array([[(face_px[0] - 1) / w, (face_px[1] - 1) / h, (face_px[2] - 1) / w, (face_px[3] - 1) / h]],
+                   np.float32)
+    (tmp_path / "models").mkdir()
+    model = _fixed_output_onnx(tmp_path / "models" / "face.onnx", box, np.array([1]), np.array([0.9]), None,
+                               num_classes=2)
+    labels = tmp_path / "face-model-labels.txt"
+    labels.write_text("BACKGROUND\nface\n")
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "edge_ssd", "eval", str(model), str(root), "--labels", str(labels),
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(out.read_text())
+    assert rep["num_classes"] == 1 and rep["map_auc"] == pytest.approx(1.0)
+    assert rep["classes_model_lacks"] == ["person"] and "not in the model" in p.stdout
+
+
 @needs_voc
 def test_corrupt_image_in_dataset_stops_eval(tmp_path, voc):
     import shutil
@@ -382,7 +434,9 @@ def test_corrupt_image_in_dataset_stops_eval(tmp_path, voc):
 def test_face_model_smoke():
     from edge_ssd.data import ImageFolder
 
-    pred = load_predictor(FACE / "version-slim-320.onnx")  # labels from the voc-model-labels.txt beside it
+    # the labels file beside it is named after another model (voc-model-labels.txt): never taken
+    assert load_predictor(FACE / "version-slim-320.onnx").labels == ["BACKGROUND", "class1"]
+    pred = load_predictor(FACE / "version-slim-320.onnx", labels=FACE / "voc-model-labels.txt")
     assert pred.labels == ["BACKGROUND", "face"] and (pred.info["width"], pred.info["height"]) == (320, 240)
     faces = ImageFolder(SHARED / "data" / "faces")
     found = 0
@@ -407,7 +461,7 @@ def test_bundle_via_runtime_agrees_with_onnx(tmp_path):
         bundle = make_face_bundle(tmp_path)
     except RuntimeError as e:
         pytest.skip(str(e))
-    onnx_pred = load_predictor(FACE / "version-slim-320.onnx")
+    onnx_pred = load_predictor(FACE / "version-slim-320.onnx", labels=FACE / "voc-model-labels.txt")
     tfl_pred = load_predictor(bundle)
     assert tfl_pred.labels == ["BACKGROUND", "face"]
     faces = ImageFolder(SHARED / "data" / "faces", class_names=["BACKGROUND", "face"])

@@ -27,6 +27,8 @@ MAPPED = {
     r"edge-ssd doctor --config": "tests/test_doctor.py::test_cli_json_all_good",
     r"^mosquitto_sub ": "tests/test_daemon_e2e.py::test_detections_arrive_exactly_as_produced_with_notify",
     r"edge-ssd watch ": "tests/test_watch.py::test_watch_once",
+    r"edge-ssd keygen ": "tests/test_fleet_archive.py::test_cli_errors_are_one_line",
+    r"edge-ssd push-bundle ": "tests/test_rollout.py::test_push_bundle_cli_rolls_out_to_three_daemons",
 }
 
 

@@ -76,7 +76,7 @@ def test_threads_are_passed(face_bundle):
 def test_bundle_matches_onnx_reference(face_bundle, photos):
     """The converted float bundle on LiteRT finds the same faces as the source ONNX on ONNX Runtime."""
     tfl = load_detector(face_bundle, score_threshold=0.7)
-    ref = load_detector(FACE_ONNX, score_threshold=0.7)
+    ref = load_detector(FACE_ONNX, score_threshold=0.7, labels=FACE_LABELS)
     assert tfl.labels == ref.labels == ["BACKGROUND", "face"]
     assert tfl.input_size == ref.input_size == (320, 240)
     total = 0
@@ -141,15 +141,25 @@ def test_bare_tflite_with_labels_file(face_bundle, photos, tmp_path, caplog):
     bare = tmp_path / "face.tflite"
     bare.write_bytes((face_bundle / "model.tflite").read_bytes())
     with pytest.raises(UserError, match="--labels"):
-        load_detector(bare)
+        load_detector(bare, labels_required=True)
     with caplog.at_level(logging.WARNING, logger="edge_ssd"):
         det = load_detector(bare, labels=FACE_LABELS, score_threshold=0.7)
     assert any("bare .tflite" in r.getMessage() for r in caplog.records)
     ref = load_detector(face_bundle, score_threshold=0.7)
     for img in photos:
         np.testing.assert_allclose(det.detect(img).boxes, ref.detect(img).boxes, atol=1e-6)
-    # a labels file beside the model is found
-    (tmp_path / "labels.txt").write_text("BACKGROUND\nface\n")
+    # another model's labels in the same folder are never taken: class1 with a one-line warning
+    (tmp_path / "voc-model-labels.txt").write_text("BACKGROUND\ndog\n")
+    (tmp_path / "labels.txt").write_text("BACKGROUND\ncat\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge_ssd"):
+        det = load_detector(bare)
+    assert det.labels == ["BACKGROUND", "class1"] and det.labels_source == "placeholder"
+    assert any("no labels" in r.getMessage() and "--labels" in r.getMessage() for r in caplog.records)
+    # a labels file named after the model is found: <stem>-labels.txt before <stem>.txt
+    (tmp_path / "face.txt").write_text("BACKGROUND\nhead\n")
+    assert load_detector(bare).labels == ["BACKGROUND", "head"]
+    (tmp_path / "face-labels.txt").write_text("face\n")  # without BACKGROUND: it is added
     assert load_detector(bare).labels == ["BACKGROUND", "face"]
 
 
@@ -161,10 +171,10 @@ def test_onnx_labels_from_metadata(tmp_path):
     out = tmp_path / "meta.onnx"
     onnx.save(m, str(out))
     assert load_detector(out).labels == ["BACKGROUND", "gesicht"]
-    (tmp_path / "labels.txt").write_text("a\nb\nc\n")  # metadata wins over a file beside it
+    (tmp_path / "meta-labels.txt").write_text("a\nb\nc\n")  # metadata wins over a file named after the model
     assert load_detector(out).labels == ["BACKGROUND", "gesicht"]
     with pytest.raises(UserError, match="2 classes but 3 labels"):
-        load_detector(out, labels=tmp_path / "labels.txt")
+        load_detector(out, labels=tmp_path / "meta-labels.txt")
 
 
 def test_bundle_errors_are_one_line(face_bundle, tmp_path):

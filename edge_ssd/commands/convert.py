@@ -23,9 +23,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", help="ONNX SSD -> calibrated int8 TFLite bundle with measured fidelity",
         description="Cut the SSD tail (softmax + box decode, kept in float on the host), quantise the body to int8 "
-                    "with onnx2tf using real calibration images, validate fp32 vs int8 and write a bundle "
-                    "(manifest.json, model.tflite, report.json/.md/.png). Exit 4 when detection agreement falls "
-                    "below --min-agreement (artefacts are kept).")
+                    "with onnx2tf using real calibration images, write the bundle (manifest.json, model.tflite, "
+                    "report.json/.md/.png) and validate it as the device runs it (edge-ssd's runtime) against the "
+                    "source ONNX in ONNX Runtime, on held-out images (--val, or 25%% of --calib never calibrated "
+                    "on). Exit 4 when detection agreement falls below --min-agreement (artefacts are kept).")
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", default=None, help="bundle directory (default: <model>.bundle)")
     p.add_argument("--calib", nargs="+", required=True, metavar="DIR",
@@ -33,12 +34,19 @@ def register(subparsers) -> None:
     p.add_argument("--calib-split", default=None, help="Open Images split for --calib (e.g. train)")
     p.add_argument("--calib-count", type=int, default=200, help="calibration images to use (default 200)")
     p.add_argument("--val", nargs="+", default=None, metavar="DIR",
-                   help="held-out validation images (default: reuse calibration images, with a warning)")
+                   help="validation images (default: a seeded 25%% of --calib, held out from calibration)")
     p.add_argument("--val-split", default=None, help="Open Images split for --val (e.g. test)")
-    p.add_argument("--labels", default=None, help="labels file, one per line, BACKGROUND first")
+    p.add_argument("--labels", default=None,
+                   help="labels file, one per line, BACKGROUND first (default: the model's metadata, else "
+                        "<model>-labels.txt / <model>.txt beside it, else class1... with a warning)")
     p.add_argument("--target", choices=["cpu", "edgetpu"], default="cpu")
     p.add_argument("--quant", choices=["auto", "per-channel", "per-tensor"], default="auto",
-                   help="weight quantisation (auto: convert and validate both, keep the more accurate)")
+                   help="weight quantisation (auto: try per-channel and per-tensor with min-max calibration and "
+                        "per-channel with percentile calibration, keep the most accurate on the held-out images)")
+    p.add_argument("--calibration", choices=["minmax", "percentile"], default=None,
+                   help="activation ranges: min-max over the calibration images, or the --percentile of their "
+                        "values (default: minmax, and auto also tries percentile)")
+    p.add_argument("--percentile", type=float, default=99.99, help="percentile for --calibration percentile")
     p.add_argument("--backend", choices=["flatbuffer_direct", "tf_converter"], default="flatbuffer_direct",
                    help="onnx2tf backend: flatbuffer_direct (default, no TensorFlow) or tf_converter (needs "
                         "convert/.venv-tf from `scripts/setup.sh --with-tf`, 2.7 GB)")
@@ -48,7 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5, help="score threshold for agreement and manifest")
     p.add_argument("--min-agreement", type=float, default=0.9,
                    help="minimum int8-vs-fp32 detection F1 (default 0.9); below it exit 4")
-    p.add_argument("--force", action="store_true", help="allow < 10 calibration images / non-empty output dir")
+    p.add_argument("--force", action="store_true",
+                   help="allow < 10 calibration images, too few to hold out validation images, a non-empty output "
+                        "dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -65,7 +75,8 @@ def run(args) -> int:
                       labels=args.labels, target=args.target, quant=args.quant, min_agreement=args.min_agreement,
                       force=args.force, progress=not args.no_progress, mean=args.mean, std=args.std,
                       input_shape=args.input_shape, calib_split=args.calib_split, val_split=args.val_split,
-                      score_threshold=args.score_threshold, backend=args.backend)
+                      score_threshold=args.score_threshold, backend=args.backend, calibration=args.calibration,
+                      percentile=args.percentile)
     print(format_markdown(r.report))
     print(f"bundle: {r.bundle_dir}")
     if not r.ok:

@@ -1,5 +1,9 @@
 """``edge-ssd watch``: the reference subscriber. Shows detections live as a table per source (frame, fps,
-objects with label/score/box), or prints the raw messages as JSON lines (``--json``)."""
+objects with label/score/box), or prints the raw messages as JSON lines (``--json``).
+
+``--share GROUP`` joins the MQTT 5 shared subscription ``$share/GROUP/<prefix>/<device>/+/detections``: the
+broker hands each detections message to exactly one member of the group, so several watchers (or any MQTT 5
+consumers, docs/fleet.md) split the load. The subscriber speaks MQTT 5 whatever protocol the devices use."""
 
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--once", type=A.positive_int, metavar="N", help="exit after N detection messages")
     p.add_argument("--json", action="store_true", help="print each message as a JSON line instead of a table")
     p.add_argument("--timeout", type=A.positive_float, default=None, help="exit (code 1) after this many seconds")
+    p.add_argument("--share", metavar="GROUP", help="join the shared subscription $share/GROUP/... (MQTT 5): each "
+                   "detections message goes to one member of the group")
     p.set_defaults(func=run)
 
 
@@ -73,12 +79,17 @@ def read_password(args) -> str | None:
 
 def run(args) -> int:
     import os
+    import re
 
     import paho.mqtt.client as mqtt
 
     from ..errors import UserError
 
+    if args.share is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.share):
+        raise UserError(f"--share {args.share!r}: a group name is letters, digits, _ and - (no / + #)")
     sub = f"{args.prefix}/{args.device}/#"
+    if args.share:
+        sub = f"$share/{args.share}/{args.prefix}/{args.device}/+/detections"
     state: dict[str, dict] = {}
     count = 0
     done = threading.Event()
@@ -126,7 +137,8 @@ def run(args) -> int:
             if args.once and count >= args.once:
                 done.set()
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-ssd-watch-{os.getpid()}")
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-ssd-watch-{os.getpid()}",
+                    protocol=mqtt.MQTTv5 if args.share else mqtt.MQTTv311)
     user = args.username
     pw = read_password(args)
     if pw is not None and not user:

@@ -1,4 +1,4 @@
-"""Calibration (and validation) images, preprocessed by the very function the device uses.
+"""Calibration (and validation) images, preprocessed by the very code the device runs (the runtime detector's).
 
 onnx2tf's ``-cind NAME data.npy MEAN STD`` expects NHWC float data scaled to 0..1 and normalises it as
 ``(data - MEAN) / STD``. With ``data = (x * std + mean) / 255`` (``x`` = our preprocessed input) and
@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..model.preprocess import Normalization, preprocess
+from ..model.preprocess import Normalization
 
 log = logging.getLogger(__name__)
 
 MIN_IMAGES = 10
 WARN_IMAGES = 100
+HOLDOUT_FRACTION = 0.25  # of the --calib images, held out for validation when no --val is given
+HOLDOUT_SEED = 0
+MIN_VAL_IMAGES = 4
 
 
 @dataclass
@@ -65,6 +68,29 @@ class ImageSet:
     def ids(self) -> set[str]:
         return {str(self.path(k).resolve()) for k in range(len(self))}
 
+    def pick(self, positions) -> ImageSet:
+        return ImageSet(self.roots, self.datasets, [self.refs[int(j)] for j in positions])
+
+
+def hold_out(images: ImageSet, fraction: float = HOLDOUT_FRACTION, seed: int = HOLDOUT_SEED,
+             force: bool = False) -> tuple[ImageSet, ImageSet]:
+    """(calibration, validation): a seeded random ``fraction`` of ``images`` held out for validation, so the
+    figures are measured on images the calibration never saw. Too few images for both is an error unless
+    ``force``."""
+    n = len(images)
+    n_val = int(round(fraction * n))
+    if n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    if (n_val < MIN_VAL_IMAGES or n - n_val < MIN_IMAGES) and not force:
+        raise UserError(f"only {n} images in --calib ({', '.join(images.roots)}): holding out {fraction:.0%} for "
+                        f"validation leaves {n - n_val} to calibrate (need {MIN_IMAGES}) and {n_val} to validate "
+                        f"(need {MIN_VAL_IMAGES}); add images, pass a separate --val, or --force")
+    if n < 2:
+        raise UserError(f"only {n} image in --calib ({', '.join(images.roots)}); give at least 2 (100+ "
+                        "recommended) or a separate --val")
+    perm = np.random.default_rng(seed).permutation(n)
+    return images.pick(sorted(perm[n_val:])), images.pick(sorted(perm[:n_val]))
+
 
 def open_images(paths, split: str | None = None, class_names: list[str] | None = None) -> ImageSet:
     """Open dataset roots / image folders (VOC, Open Images, plain folders) as one :class:`ImageSet`."""
@@ -76,7 +102,7 @@ def open_images(paths, split: str | None = None, class_names: list[str] | None =
     for p in paths:
         if not Path(p).exists():
             raise UserError(f"{p}: no such directory; give a folder of images or a VOC / Open Images root")
-        ds = open_dataset(p, split=split, class_names=class_names)
+        ds = open_dataset(p, split=split, class_names=class_names, add_unknown=True)
         s.datasets.append(ds)
         s.refs.extend((len(s.datasets) - 1, i) for i in range(len(ds)))
     return s
@@ -106,10 +132,13 @@ class Calibration:
     skipped: list[str]
     scaling_error: float
     warnings: list[str]
+    paths: list[str] = field(default_factory=list)  # the images calibrated on
 
 
-def build_calibration(images: ImageSet, width: int, height: int, norm: Normalization, count: int,
-                      force: bool = False, progress: bool = True) -> Calibration:
+def build_calibration(images: ImageSet, to_input, norm: Normalization, count: int, force: bool = False,
+                      progress: bool = True, layout: str = "NCHW") -> Calibration:
+    """Calibration data from ``count`` images spread over ``images``; ``to_input(bgr)`` is the device's own
+    preprocessing (the runtime detector's, giving the normalised 1x3xHxW or 1xHxWx3 float input)."""
     from tqdm import tqdm
 
     warnings: list[str] = []
@@ -118,7 +147,7 @@ def build_calibration(images: ImageSet, width: int, height: int, norm: Normaliza
     if n < MIN_IMAGES and not force:
         raise UserError(f"only {n} calibration images in {', '.join(images.roots)}; int8 calibration needs at "
                         f"least {MIN_IMAGES} (100+ recommended) - add images or pass --force")
-    data, skipped = [], []
+    data, skipped, paths = [], [], []
     err = 0.0
     for k in tqdm(range(n), desc="calibration images", unit="img", disable=None if progress else True, leave=False):
         try:
@@ -126,9 +155,12 @@ def build_calibration(images: ImageSet, width: int, height: int, norm: Normaliza
         except (UserError, ValueError, OSError):
             skipped.append(str(sub.path(k)))
             continue
-        x = preprocess(img, width, height, norm, bgr=True, layout="NHWC")[0]
+        x = np.asarray(to_input(img), np.float32)[0]
+        if layout == "NCHW":
+            x = x.transpose(1, 2, 0)  # NCHW -> HWC: onnx2tf's calibration data is NHWC
         err = max(err, check_scaling(x, norm))
         data.append(to_unit_range(x, norm))
+        paths.append(str(sub.path(k)))
     if not data:
         raise UserError(f"none of the {n} calibration images in {', '.join(images.roots)} could be decoded "
                         "(not JPEG/PNG/BMP?); point --calib to a folder of real images")
@@ -145,4 +177,4 @@ def build_calibration(images: ImageSet, width: int, height: int, norm: Normaliza
         log.warning(msg)
     if err > 1e-5:
         raise RuntimeError(f"calibration scaling does not reproduce preprocessing (error {err})")
-    return Calibration(np.stack(data).astype(np.float32), len(data), skipped, err, warnings)
+    return Calibration(np.stack(data).astype(np.float32), len(data), skipped, err, warnings, paths)

@@ -1,18 +1,18 @@
 """Cut an SSD ONNX model before its post-processing tail, and prove the cut on real images.
 
 The cut model keeps the body (input -> raw class logits ``1xNxC`` and raw box offsets ``1xNx4``); the tail
-(softmax + box decode against the priors) runs in float on the host with :mod:`edge_ssd.model.box`.
+(head concatenation, softmax + box decode against the priors) runs in float on the host, in the runtime
+(:class:`edge_ssd.runtime.detector.Detector`). The converter proves the cut by running the float body through
+the runtime against the source model (``convert.api._cut_check``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..model.box import decode_boxes, sigmoid, softmax
 from .inspect import ModelInfo, real_inputs, run_onnx_tensors, subgraph
 
 
@@ -48,47 +48,6 @@ def cut_model(model, info: ModelInfo):
         sub.metadata_props.append(p)
     onnx.checker.check_model(sub)
     return sub
-
-
-def host_tail(logits: np.ndarray, offsets: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
-    """The float tail on the host: (scores, corner boxes) of one image from raw outputs."""
-    t = info.tail
-    lg = logits[0] if logits.ndim == 3 else logits
-    of = offsets[0] if offsets.ndim == 3 else offsets
-    scores = softmax(lg) if t.score_fn == "softmax" else sigmoid(lg)
-    boxes = decode_boxes(of, t.priors, t.center_variance, t.size_variance)
-    return scores, boxes
-
-
-@dataclass
-class CutCheck:
-    images: int
-    scores_max_abs: float
-    boxes_max_abs: float
-    ok: bool
-
-
-def self_check(model, cut, info: ModelInfo, batches: list[np.ndarray], tol: float = 1e-4) -> CutCheck:
-    """Full model vs cut model + host tail on real preprocessed images (NCHW float batches of one)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    full = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    part = ort.InferenceSession(cut.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    name = real_inputs(model)[0].name
-    t = info.tail
-    es, eb = 0.0, 0.0
-    lg_names, of_names = cut_outputs(info)
-    for x in batches:
-        s_ref, b_ref = full.run([t.scores_output, t.boxes_output], {name: x})
-        outs = part.run(lg_names + of_names, {name: x})
-        lg = np.concatenate(outs[:len(lg_names)], axis=1)
-        of = np.concatenate(outs[len(lg_names):], axis=1)
-        s, b = host_tail(lg, of, info)
-        es = max(es, float(np.max(np.abs(s - s_ref[0]))))
-        eb = max(eb, float(np.max(np.abs(b - b_ref[0]))))
-    return CutCheck(len(batches), es, eb, bool(es <= tol and eb <= tol))
 
 
 def save_cut(cut, path: str | Path) -> Path:

@@ -22,11 +22,11 @@ import numpy as np
 
 from ..errors import DependencyError, UserError
 from ..model.box import decode_boxes, sigmoid, softmax
+from ..model.labels import LABELS_KEY
 from ..model.priors import IMAGE_MEAN, IMAGE_STD, MOBILENET_SSD_SPECS, generate_priors
 
 DECODE_OPS = {"Slice", "Mul", "Exp", "Add", "Sub", "Div", "Split", "Gather", "Unsqueeze", "Squeeze", "Identity",
               "Concat", "Constant", "Cast"}
-LABELS_KEY = "edge_ssd.labels"
 
 
 def _onnx():

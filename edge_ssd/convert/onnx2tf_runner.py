@@ -88,8 +88,14 @@ def _last_error(log_path: Path) -> str:
 def run_onnx2tf(onnx_path: Path, out_dir: Path, *, input_name: str, calib_npy: Path, mean: list[float],
                 std: list[float], quant_type: str = "per-tensor", input_dtype: str = "int8",
                 output_dtype: str = "int8", backend: str = "flatbuffer_direct", log_path: Path | None = None,
-                progress: bool = True, extra: list[str] | None = None, timeout: float = 3600) -> Onnx2tfResult:
+                progress: bool = True, extra: list[str] | None = None, timeout: float = 3600,
+                activation_percentile: float | None = None) -> Onnx2tfResult:
+    """One onnx2tf run; ``activation_percentile`` calibrates activations by percentile instead of min-max
+    (flatbuffer_direct through ``convert/onnx2tf_patched.py`` only)."""
     exe = find_onnx2tf(backend)
+    if activation_percentile is not None and (backend != "flatbuffer_direct" or len(launcher(exe)) == 1):
+        raise UserError("percentile calibration needs the flatbuffer_direct backend run through "
+                        "convert/onnx2tf_patched.py; use --calibration minmax")
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or out_dir / "onnx2tf.log"
     # onnx2tf writes its onnxsim-simplified model back over the input file: give it a private copy so the
@@ -105,10 +111,14 @@ def run_onnx2tf(onnx_path: Path, out_dir: Path, *, input_name: str, calib_npy: P
     env = dict(os.environ)
     env["PATH"] = str(exe.parent) + os.pathsep + env.get("PATH", "")  # onnxsim lives beside onnx2tf
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.pop("EDGE_SSD_ACTIVATION_PERCENTILE", None)
+    if activation_percentile is not None:
+        env["EDGE_SSD_ACTIVATION_PERCENTILE"] = repr(float(activation_percentile))
     t0 = time.monotonic()
     peak = [0.0]
     with open(log_path, "w") as logf:
-        logf.write("$ " + shlex.join(cmd) + "\n")
+        pre = f"EDGE_SSD_ACTIVATION_PERCENTILE={activation_percentile} " if activation_percentile is not None else ""
+        logf.write("$ " + pre + shlex.join(cmd) + "\n")
         logf.flush()
         try:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(out_dir))

@@ -27,7 +27,9 @@ def format_markdown(rep: dict) -> str:
         "|---|---|",
         f"| result | {'OK' if rep.get('ok') else 'FAILED: ' + rep.get('failure', '')} |",
         f"| mode | {rep.get('mode')} (tail on host: {rep.get('tail_on_host')}) |",
-        f"| backend / quant | onnx2tf {conv.get('onnx2tf')} {conv.get('backend')} / {conv.get('quant_type')} |",
+        f"| backend / quant | onnx2tf {conv.get('onnx2tf')} {conv.get('backend')} / {conv.get('quant_type')}, "
+        f"{conv.get('calibration', 'minmax')} calibration |",
+        f"| validated on | {rep.get('validated_on', '-')} |",
         f"| target / I/O | {rep.get('target')} / input {rep.get('input_dtype')}, outputs {rep.get('output_dtype')} |",
         f"| calibration images | {rep.get('calibration', {}).get('images')} |",
         f"| cut self-check (max abs, scores / boxes) | {_f(rep.get('cut_check', {}).get('scores_max_abs'))} / "
@@ -42,24 +44,27 @@ def format_markdown(rep: dict) -> str:
         f"| precision / recall / F1 | {_f(a.get('precision'))} / {_f(a.get('recall'))} / **{_f(a.get('f1'))}** "
         f"(min {rep.get('min_agreement')}) |",
         f"| mean IoU / mean score error | {_f(a.get('mean_iou'))} / {_f(a.get('mean_score_error'))} |",
+        f"| int8 inference (median, this machine) | {_f((v.get('latency_ms') or {}).get('median'), 3)} ms |",
     ]
     for root, m in (v.get("map") or {}).items():
-        lines.append(f"| mAP@0.5 VOC07 fp32 / int8 ({Path(root).name}) | {m['fp32_map_voc07']:.4f} / "
-                     f"{m['int8_map_voc07']:.4f} (delta {m['delta_points_voc07']:+.2f} points) |")
+        lines.append(f"| mAP@0.5 VOC07 fp32 / int8 ({Path(root).name}, {m.get('classes', '?')} classes) | "
+                     f"{m['fp32_map_voc07']:.4f} / {m['int8_map_voc07']:.4f} (delta {m['delta_points_voc07']:+.2f} "
+                     "points) |")
     t = rep.get("timing", {})
     lines += [
         f"| conversion time | {_f(t.get('total_s'), 3)} s (onnx2tf {_f(t.get('onnx2tf_s'), 3)} s) |",
         f"| peak memory | onnx2tf {_f(t.get('onnx2tf_peak_rss_mb'), 4)} MB, edge-ssd "
         f"{_f(t.get('self_peak_rss_mb'), 4)} MB |",
     ]
-    chosen = rep.get("converter", {}).get("quant_type")
+    chosen = rep.get("converter", {}).get("attempt")
     for a_ in rep.get("attempts", []):
         measured = ""
         if "f1" in a_:
             measured = f", F1 {a_['f1']:.4f}" + (f", int8 mAP {a_['int8_map_voc07']:.4f}" if "int8_map_voc07" in a_
-                                                  else "")
-        lines.append(f"| attempt {a_['quant_type']} | {'ok' if a_['ok'] else 'failed: ' + a_.get('error', '')[:120]} "
-                     f"({a_['seconds']:.1f} s{measured}){' <- kept' if a_['quant_type'] == chosen else ''} |")
+                                                  else "") + f", {a_['latency_ms']:.1f} ms/inference"
+        name = a_.get("name", a_.get("quant_type"))
+        lines.append(f"| attempt {name} | {'ok' if a_['ok'] else 'failed: ' + a_.get('error', '')[:120]} "
+                     f"(onnx2tf {a_['seconds']:.1f} s{measured}){' <- kept' if name == chosen else ''} |")
     for w in rep.get("warnings", []):
         lines.append(f"| warning | {w} |")
     return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ from ..publish.tracker import TrackerSettings
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 DEFAULT_SPOOL_DIR = "/var/lib/edge-ssd/spool"
+DEFAULT_BUNDLE_DIR = "/var/lib/edge-ssd/bundles"
 ENV_OVERRIDES = {
     "EDGE_SSD_MQTT_PASSWORD": ("mqtt", "password"),
     "EDGE_SSD_MQTT_USERNAME": ("mqtt", "username"),
@@ -191,6 +192,8 @@ class HomeAssistantConfig(_Strict):
     enabled: bool = True
     discovery_prefix: str = Field(default="homeassistant", pattern=r"^[^#+]+$")
     labels: list[str] | None = None  # count sensors for these labels (default: the sources' include lists)
+    support_url: str | None = Field(default=None, pattern=r"^https?://", description="origin support URL shown "
+                                    "by Home Assistant (default: the project's)")
 
 
 class TrackingConfig(_Strict):
@@ -218,6 +221,22 @@ class SinksConfig(_Strict):
     file: FileSinkConfig | None = None
 
 
+class RolloutConfig(_Strict):
+    """Bundle roll-out over MQTT (docs/fleet.md): commands on <prefix>/<device>/model/set and <prefix>/all/model/set."""
+
+    enabled: bool = False
+    public_key: str | None = None  # Ed25519 PEM (edge-ssd keygen); when set, only bundles signed by it are applied
+    dir: str | None = None  # default: $STATE_DIRECTORY/bundles or /var/lib/edge-ssd/bundles
+    check_frames: int = Field(default=3, ge=1, le=10000, description="good frames before a new bundle is kept")
+    check_timeout: float = Field(default=60.0, gt=0, description="seconds for those frames, else roll back")
+
+    def resolved_dir(self) -> Path:
+        if self.dir:
+            return Path(os.path.expandvars(self.dir)).expanduser()
+        state = os.environ.get("STATE_DIRECTORY")
+        return Path(state.split(":")[0]) / "bundles" if state else Path(DEFAULT_BUNDLE_DIR)
+
+
 class Config(_Strict):
     device: str = Field(pattern=NAME_RE)
     model: ModelConfig
@@ -230,7 +249,15 @@ class Config(_Strict):
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     metrics: MetricsConfig | None = None
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("device")
+    @classmethod
+    def _not_all(cls, v: str) -> str:
+        if v == "all":
+            raise ValueError("'all' is reserved (<prefix>/all/model/set addresses every device); choose another name")
+        return v
 
     @field_validator("sources")
     @classmethod
@@ -426,12 +453,24 @@ def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] |
         if cfg.mqtt.password and not cfg.mqtt.username:
             line = _loc_line(lines, ("mqtt",))
             raise ConfigError([f"{fname}:{line}: mqtt.username: a password is set but no username"])
+    _check_rollout(cfg, lines, fname)
     warnings = []
     if cfg.mqtt and cfg.mqtt.password and not env.get("EDGE_SSD_MQTT_PASSWORD"):
         warnings.append(f"{fname}:{_loc_line(lines, ('mqtt', 'password'))}: mqtt.password: the password is written "
                         "in the config file; move it to mqtt.password_file (mode 0640 root:edge-ssd) or "
                         "EDGE_SSD_MQTT_PASSWORD")
     return LoadedConfig(cfg, path, password, warnings)
+
+
+def _check_rollout(cfg: Config, lines: dict[tuple, int], fname: str) -> None:
+    r = cfg.rollout
+    if r.enabled and cfg.mqtt is None:
+        line = _loc_line(lines, ("rollout", "enabled"))
+        raise ConfigError([f"{fname}:{line}: rollout.enabled: roll-out commands come over MQTT; add an mqtt section"])
+    if r.public_key and not Path(r.public_key).expanduser().is_file():
+        line = _loc_line(lines, ("rollout", "public_key"))
+        raise ConfigError([f"{fname}:{line}: rollout.public_key: file not found: {r.public_key} (copy the .pub "
+                           "made by `edge-ssd keygen` there)"])
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:

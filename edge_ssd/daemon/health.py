@@ -43,12 +43,17 @@ class Watchdog:
         return True
 
 
-def source_status(name: str, pstats: dict, fps: float, inference_ms: float | None) -> dict:
+def source_status(name: str, pstats: dict, fps: float | None, inference_ms: float | None) -> dict:
     s = pstats.get("sources", {}).get(name, {})
     return {"schema": SCHEMA, "state": s.get("status", "unknown"), "fps": fps,
             "inference_ms": None if inference_ms is None else round(inference_ms, 2),
             "frames": s.get("processed", 0), "errors": s.get("errors", 0), "reconnects": s.get("reconnects", 0),
             "error": s.get("error")}
+
+
+def starting_status(name: str) -> dict:
+    """The status of a source before its first frame: the same fields, nothing measured yet."""
+    return {**source_status(name, {}, None, None), "state": "starting"}
 
 
 def stats_message(device: str, pstats: dict, spool: dict | None, mqtt: dict | None, started: float,

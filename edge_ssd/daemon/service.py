@@ -11,6 +11,8 @@ systemd integration (``Type=notify``):
   - SIGHUP: re-read and validate the config; a bad config is logged (``file:line: key: problem``) and the
     daemon keeps running with the old one; a good one restarts the pipeline and the publisher in-process
     (the detector is reused when the ``model`` section did not change).
+  - ``rollout.enabled``: bundle roll-out commands over MQTT (edge_ssd/fleet/device.py); the swap to a new bundle,
+    its first-frames check and the roll-back happen here, on the main loop.
 When every source is finite (files, folders) and has ended, the daemon flushes and exits 0.
 """
 
@@ -21,14 +23,15 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from ..model.bundle import fingerprint
-from ..publish.messages import SCHEMA, json_bytes
+from ..publish.messages import json_bytes
 from ..publish.topics import Topics
 from .config import Config, ConfigError, LoadedConfig, load_config, source_rules, tracker_settings
-from .health import Watchdog, source_status, stats_message
+from .health import Watchdog, source_status, starting_status, stats_message
 from .sdnotify import Notifier, watchdog_interval
 
 log = logging.getLogger("edge_ssd.daemon")
@@ -36,6 +39,15 @@ log = logging.getLogger("edge_ssd.daemon")
 READY_TIMEOUT = 60.0
 STATUS_INTERVAL = 5.0
 TICK = 0.1
+
+
+@dataclass
+class _Probation:
+    """A new bundle on trial: kept after ``check_frames`` good frames, else ``previous`` comes back."""
+
+    candidate: object  # fleet.device.Candidate
+    previous: object  # the Detector to go back to
+    deadline: float
 
 
 class Daemon:
@@ -56,6 +68,8 @@ class Daemon:
         self.model_sha: str | None = None  # fingerprint of the loaded model (reload compares it)
         self.ready = False
         self.started = time.monotonic()
+        self.rollout = None
+        self._probation: _Probation | None = None
 
     # -- components -----------------------------------------------------------------------------------------
     def _pipeline_sources(self, cfg: Config, labels: list[str]):
@@ -91,8 +105,9 @@ class Daemon:
         logging.getLogger().setLevel(cfg.log_level.upper())
         if not (reuse_detector and self.detector is not None):
             self.notifier.status(f"loading model {cfg.model.bundle}")
-            self.model_sha = fingerprint(cfg.model.bundle)
-            self.detector = load_detector(cfg.model.bundle, backend=cfg.model.backend, threads=cfg.model.threads)
+            bundle = self.rollout.bundle_for() if self.rollout else cfg.model.bundle
+            self.model_sha = fingerprint(bundle)
+            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads)
         det = self.detector
         outputs = []
         if cfg.sinks.file:
@@ -116,7 +131,7 @@ class Daemon:
         log.info("publishing as run %s (message ids %s-<n>)", self.hub.ids.run, self.hub.ids.run)
 
     def _start_mqtt(self, loaded: LoadedConfig, det):
-        from ..publish.homeassistant import discovery_messages, labels_for_source
+        from ..publish.homeassistant import DeviceDiscovery, labels_for_source
         from ..publish.mqtt import MqttPublisher, MqttSink
         from ..publish.spool import Spool
 
@@ -131,14 +146,18 @@ class Daemon:
             m.host, m.port, topics=topics, spool=self.spool, client_id=cfg.client_id(), username=m.username,
             password=loaded.password, tls=m.tls, keepalive=m.keepalive, qos=m.qos, min_delay=m.reconnect_min_delay,
             max_delay=m.reconnect_max_delay, inflight=m.inflight,
-            discovery_prefix=ha.discovery_prefix if ha.enabled else None)
+            discovery_prefix=ha.discovery_prefix if ha.enabled else None, protocol=m.protocol,
+            expiry={"detections": m.expiry.detections, "events": m.expiry.events})
         count_labels = {s.name: labels_for_source(cfg, i, det.labels) if (ha.enabled or s.labels.include) else []
                         for i, s in enumerate(cfg.sources)}
         if ha.enabled:
-            self.publisher.set_discovery(discovery_messages(cfg, topics, det.labels, det.name))
-        for s in cfg.sources:
-            self.publisher.set_state(topics.status(s.name), json_bytes({"schema": SCHEMA, "state": "starting"}),
+            self.publisher.set_discovery(DeviceDiscovery.for_config(cfg, topics, det.labels, det.name))
+        for s in cfg.sources:  # every field the status carries, null until measured (Home Assistant: unknown)
+            self.publisher.set_state(topics.status(s.name), json_bytes(starting_status(s.name)),
                                      retain=m.retain.status)
+        if self.rollout is not None:
+            self.publisher.subscribe(topics.model_set, self.rollout.on_command("device"))
+            self.publisher.subscribe(topics.fleet_model_set, self.rollout.on_command("all"))
         self.mqtt_sink = MqttSink(self.publisher, count_labels=count_labels,
                                   zones={s.name: {z.name: z.labels for z in s.zones} for s in cfg.sources},
                                   retain_counts=m.retain.counts, retain_detections=m.retain.detections,
@@ -233,12 +252,71 @@ class Daemon:
                      (fingerprint(new.config.model.bundle) or "unreadable")[:12])
             same_model = False
         self._stop_components(self.loaded.config.flush_timeout if self.loaded else 5.0)
+        self._probation = None  # a bundle on trial is not committed: the next command delivery tries it again
+        self._make_rollout(new.config)
         try:
             self._start(new, reuse_detector=same_model)
         except UserError as e:
             log.error("reload: %s; keeping the previous config", e)
             self._start(self.loaded, reuse_detector=same_model)
         self.notifier.notify("READY=1", f"STATUS=reloaded: {self._status_line()}")
+
+    # -- bundle roll-out -----------------------------------------------------------------------------------
+    def _make_rollout(self, cfg: Config) -> None:
+        from ..fleet.device import Rollout
+
+        if self.rollout is not None:
+            self.rollout.stop()
+        r = cfg.rollout
+        self.rollout = Rollout(r.resolved_dir(), r.public_key, cfg.model.bundle).start() if r.enabled else None
+
+    def _publish_rollout_reports(self) -> None:
+        for msg in self.rollout.take_reports():
+            if self.publisher is not None:
+                self.publisher.publish_durable(self.publisher.topics.model_state, json_bytes(msg), qos=1, retain=True)
+
+    def _rollout_tick(self, now: float) -> None:
+        self._publish_rollout_reports()
+        if self._probation is not None:
+            self._check_probation(now)
+            return
+        cand = self.rollout.take_candidate()
+        if cand is None:
+            return
+        from ..runtime import load_detector
+
+        m = self.loaded.config.model
+        try:
+            det = load_detector(cand.path, backend=m.backend, threads=m.threads)
+        except UserError as e:
+            self.rollout.failed(cand, f"cannot load bundle {cand.command.version}: {e}")
+            return
+        log.info("rollout: switching to bundle %s (%s)", cand.command.version, cand.path)
+        self._probation = _Probation(cand, self.detector, now + self.loaded.config.rollout.check_timeout)
+        self._swap_detector(det)
+
+    def _swap_detector(self, det) -> None:
+        self._stop_components(self.loaded.config.flush_timeout)
+        self.detector = det
+        self._start(self.loaded, reuse_detector=True)
+
+    def _check_probation(self, now: float) -> None:
+        p, pb, r = self.pipeline, self._probation, self.loaded.config.rollout
+        errors = p.dropped.get("error", 0) + p.dropped.get("crash", 0)
+        if errors == 0 and p.processed >= r.check_frames:
+            self._probation = None
+            self.rollout.activate(pb.candidate)
+            return
+        if errors:
+            reason = f"{errors} frame(s) failed on the new bundle within its first {p.processed + errors}"
+        elif now > pb.deadline:
+            reason = f"only {p.processed} of {r.check_frames} frames processed within {r.check_timeout:g} s"
+        else:
+            return
+        log.error("rollout: %s; rolling back", reason)
+        self._probation = None
+        self._swap_detector(pb.previous)
+        self.rollout.rolled_back(pb.candidate, reason)
 
     # -- main ---------------------------------------------------------------------------------------------
     def _signals(self) -> None:
@@ -251,6 +329,7 @@ class Daemon:
         for w in loaded.warnings:
             log.warning("%s", w)
         self._signals()
+        self._make_rollout(loaded.config)
         if loaded.config.metrics:
             from .metrics import Metrics
 
@@ -272,6 +351,8 @@ class Daemon:
                 self._reload.clear()
                 self._do_reload()
                 continue
+            if self.rollout is not None:
+                self._rollout_tick(now)
             p = self.pipeline
             if not self.ready and (p.processed >= 1 or now - t_start > READY_TIMEOUT):
                 self.ready = True
@@ -297,6 +378,9 @@ class Daemon:
             self.pipeline.stop(drain=True)
             if self.publisher is not None:
                 self._publish_stats()
+        if self.rollout is not None:
+            self.rollout.stop()
+            self._publish_rollout_reports()
         drained = self._stop_components(self.loaded.config.flush_timeout)
         if self.metrics is not None:
             self.metrics.stop()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..model.labels import read_labels
 
 VOC_CLASSES: tuple[str, ...] = (
     "BACKGROUND",
@@ -47,23 +48,6 @@ class Sample:
 
 
 # ---------------------------------------------------------------------------------------------------- labels
-def read_labels(path) -> list[str]:
-    """Read a pytorch-ssd labels file (one class name per line, ``BACKGROUND`` first)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read labels file {p}: {e.__class__.__name__}: {e} "
-                        "(pass a text file with one class name per line, BACKGROUND first)") from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise UserError(f"labels file {p} is empty (write one class name per line, BACKGROUND first)")
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise UserError(f"labels file {p} lists {', '.join(dup)} more than once (each class name must be unique)")
-    return names
-
-
 def write_labels(path, names) -> Path:
     """Write ``names`` as a pytorch-ssd labels file (one per line)."""
     names = [str(n) for n in names]
@@ -133,12 +117,16 @@ class VOCDataset(_Dataset):
     """Pascal VOC layout: ``root/JPEGImages/<id>.jpg``, ``root/Annotations/<id>.xml`` and optionally
     ``root/ImageSets/Main/<split>.txt``.
 
+    ``class_names``: the class list (default VOC's 20 + BACKGROUND); an object of another class is an error,
+    unless ``add_unknown`` appends its name to the list (evaluation: a dataset may hold classes a model lacks).
     ``split`` is None (every XML in ``Annotations/``), a split name (``trainval``, ``test``, ...) or the path of
     a list file with one image id per line. Images without objects are kept as negatives.
     """
 
-    def __init__(self, root, split: str | None = None, class_names: list[str] | None = None):
+    def __init__(self, root, split: str | None = None, class_names: list[str] | None = None,
+                 add_unknown: bool = False):
         self.root = Path(root)
+        self.add_unknown = add_unknown
         ann_dir = self.root / "Annotations"
         img_dir = self.root / "JPEGImages"
         if not ann_dir.is_dir():
@@ -189,6 +177,9 @@ class VOCDataset(_Dataset):
         boxes, labels, difficult = [], [], []
         for k, obj in enumerate(ann.findall("object")):
             name = (obj.findtext("name") or "").strip()
+            if name and name not in cdict and self.add_unknown:
+                cdict[name] = len(self.class_names)
+                self.class_names.append(name)
             if name not in cdict or cdict[name] == 0:
                 raise UserError(f"{xml_path}: object #{k} has unknown class {name!r} (known: "
                                 f"{', '.join(self.class_names[1:6])}, ...; pass the right labels file)")
@@ -243,7 +234,8 @@ class OpenImagesDataset(_Dataset):
     ``BACKGROUND`` + the sorted unique ``ClassName`` values (as pytorch-ssd does). Images are ordered by ImageID.
     """
 
-    def __init__(self, root, split: str = "train", class_names: list[str] | None = None):
+    def __init__(self, root, split: str = "train", class_names: list[str] | None = None,
+                 add_unknown: bool = False):
         self.root = Path(root)
         self.split = split
         csv_path = self.root / f"sub-{split}-annotations-bbox.csv"
@@ -262,6 +254,9 @@ class OpenImagesDataset(_Dataset):
         cdict = _class_dict(self.class_names)
         groups: dict[str, list] = {}
         for line, image_id, x1, x2, y1, y2, name in ((r[6], *r[:6]) for r in rows):
+            if name and name not in cdict and add_unknown:
+                cdict[name] = len(self.class_names)
+                self.class_names.append(name)
             if name not in cdict or cdict[name] == 0:
                 src = "the labels given" if explicit else "the labels"
                 raise UserError(f"{csv_path} row {line}: class {name!r} is not in {src} "
@@ -343,21 +338,22 @@ def dataset_format(path) -> str:
     return "images"
 
 
-def open_dataset(path, split: str | None = None, class_names: list[str] | None = None):
+def open_dataset(path, split: str | None = None, class_names: list[str] | None = None, add_unknown: bool = False):
     """Open a dataset, detecting its format: a VOC root (``Annotations/``), a pytorch-ssd Open Images root
     (``sub-<split>-annotations-bbox.csv``) or a plain folder of images.
 
-    For Open Images without ``split``: the only split present, else ``UserError`` asking for one.
+    For Open Images without ``split``: the only split present, else ``UserError`` asking for one. ``add_unknown``:
+    classes outside ``class_names`` are appended to the dataset's list instead of refused (see :class:`VOCDataset`).
     """
     fmt = dataset_format(path)
     p = Path(path)
     if fmt == "voc":
-        return VOCDataset(p, split=split, class_names=class_names)
+        return VOCDataset(p, split=split, class_names=class_names, add_unknown=add_unknown)
     if fmt == "open-images":
         if split is None:
             have = sorted(q.name[4:-len("-annotations-bbox.csv")] for q in p.glob("sub-*-annotations-bbox.csv"))
             if len(have) != 1:
                 raise UserError(f"{p} has several Open Images splits ({', '.join(have)}); choose one with --split")
             split = have[0]
-        return OpenImagesDataset(p, split=split, class_names=class_names)
+        return OpenImagesDataset(p, split=split, class_names=class_names, add_unknown=add_unknown)
     return ImageFolder(p, class_names=class_names)

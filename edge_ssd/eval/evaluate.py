@@ -14,18 +14,22 @@ import numpy as np
 
 from ..errors import UserError
 from ..model.box import Detections
+from ..model.labels import is_background
 from .voc import class_ap
 
 
 def _class_map(model_labels: Sequence[str] | None, dataset_names: Sequence[str]) -> np.ndarray | None:
-    """Model class id -> dataset class id (-1: not in the dataset); None when the label lists are identical."""
+    """Model class id -> dataset class id (-1: not in the dataset, or background); None when the label lists
+    are identical."""
     if model_labels is None or list(model_labels) == list(dataset_names):
         return None
-    index = {n: i for i, n in enumerate(dataset_names)}
-    m = np.array([index.get(n, -1) for n in model_labels], np.int64)
-    if not (m[1:] > 0).any():
-        raise UserError(f"the model's labels ({', '.join(list(model_labels)[1:6])}...) share no class with the "
-                        f"dataset ({', '.join(list(dataset_names)[1:6])}...); pass the right --labels or dataset")
+    index = {n: i for i, n in enumerate(dataset_names) if i > 0}
+    m = np.array([-1 if is_background(n) else index.get(n, -1) for n in model_labels], np.int64)
+    if not (m > 0).any():
+        known = [n for n in model_labels if not is_background(n)]
+        raise UserError(f"the model's labels ({', '.join(known[:5])}{'...' if len(known) > 5 else ''}) share no "
+                        f"class with the dataset ({', '.join(list(dataset_names)[1:6])}...); pass the right "
+                        "--labels or dataset")
     return m
 
 
@@ -41,6 +45,8 @@ def evaluate_detections(
     ``dets_by_image``: a mapping ``image_id -> Detections`` (missing images have no detections) or a sequence
     aligned with the dataset's first ``len(dets_by_image)`` samples. Class ids index ``model_labels`` when given
     (mapped to the dataset's classes by name), else the dataset's ``class_names``. Boxes are normalised corners.
+    mAP averages the classes the model and the dataset both know (by name) that have ground truth;
+    ``classes_model_lacks`` lists the dataset classes with ground truth that the model does not know.
     """
     names = list(dataset.class_names)
     if isinstance(dets_by_image, Mapping):
@@ -71,10 +77,15 @@ def evaluate_detections(
         for b, sc, c in zip(np.asarray(d.boxes, np.float64), np.asarray(d.scores, np.float64), cls, strict=True):
             if 0 < c < num_classes:
                 dets[c].append((key, float(sc), b))
+    # the classes both sides know: a model that lacks a dataset class is not averaged with its zero AP
+    known = set(range(1, num_classes)) if cmap is None else {int(c) for c in cmap if c > 0}
     per_class = {}
     for c in range(1, num_classes):
-        per_class[names[c]] = class_ap(dets[c], gt[c], iou)
+        if c in known:
+            per_class[names[c]] = class_ap(dets[c], gt[c], iou)
     present = [v for v in per_class.values() if v["npos"] > 0]
+    lacking = sorted(names[c] for c in range(1, num_classes) if c not in known and any(
+        int((~g[1]).sum()) for g in gt[c].values()))
 
     def mean(key):
         return float(np.mean([v[key] for v in present])) if present else 0.0
@@ -89,6 +100,7 @@ def evaluate_detections(
         "num_gt": int(sum(v["npos"] for v in present)),
         "num_detections": int(sum(v["ndet"] for v in per_class.values())),
         "per_class": per_class,
+        "classes_model_lacks": lacking,
     }
 
 
@@ -132,6 +144,8 @@ def format_report(report: dict) -> str:
         a07 = "-" if v["ap_voc07"] is None else f"{v['ap_voc07']:.4f}"
         auc = "-" if v["ap_auc"] is None else f"{v['ap_auc']:.4f}"
         lines.append(f"{name:<{width}}  {v['npos']:>5}  {v['ndet']:>6}  {a07:>7}  {auc:>7}")
+    if report.get("classes_model_lacks"):
+        lines.append(f"not in the model (left out of the mean): {', '.join(report['classes_model_lacks'])}")
     lines.append(f"mAP@{report['iou']:g} VOC07 11-point: {report['map_voc07']:.4f}   "
                  f"area (VOC2010+): {report['map_auc']:.4f}   "
                  f"({report['num_classes']} classes, {report['num_images']} images, {report['num_gt']} boxes)")

@@ -29,6 +29,7 @@ plus ``systemctl reload edge-ssd``, recovers without a restart.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import ssl
 import threading
@@ -48,7 +49,8 @@ class MqttPublisher:
     def __init__(self, host: str, port: int = 1883, *, topics: Topics, spool: Spool, client_id: str,
                  username: str | None = None, password: str | None = None, tls=None, keepalive: int = 30,
                  qos: int = 1, min_delay: float = 1.0, max_delay: float = 60.0, inflight: int = 100,
-                 discovery_prefix: str | None = None):
+                 discovery_prefix: str | None = None, protocol: int = 4,
+                 expiry: dict[str, float | None] | None = None):
         self.host, self.port = host, int(port)
         self.topics = topics
         self.spool = spool
@@ -60,8 +62,15 @@ class MqttPublisher:
         self.min_delay, self.max_delay = float(min_delay), max(float(max_delay), float(min_delay))
         self.inflight = int(inflight)
         self.discovery_prefix = discovery_prefix
+        self.protocol = int(protocol)
+        # topic kind (the last topic level: detections, events) -> seconds a spooled message stays fresh
+        self.expiry = {k: float(v) for k, v in (expiry or {}).items() if v}
+        self.expired = 0
         self._lock = threading.Lock()
-        self._discovery: dict[str, bytes] = {}
+        self._discovery = None  # a homeassistant.DeviceDiscovery: topic, legacy, message(), merge_retained()
+        self._legacy: set[str] = set()  # per-entity discovery topics of edge-ssd 0.1 still retained: migrate
+        self._hold_announce: float = 0.0  # announce after the retained discovery messages came (or this time)
+        self._sub_mid: int | None = None
         self._state: dict[str, tuple[bytes, bool, int]] = {}
         self._dirty: list[str] = []  # state topics changed since last published (in change order)
         self._live: deque = deque(maxlen=64)
@@ -79,6 +88,7 @@ class MqttPublisher:
         self.last_error: str | None = None
         self._logged_errors: set[str] = set()
         self._offline_acked = False
+        self._subs: dict[str, object] = {}  # topic -> callback(topic, payload, retained), see subscribe()
 
     # -- producer API (any thread) ------------------------------------------------------------------------
     def publish_durable(self, topic: str, payload: bytes, qos: int | None = None, retain: bool = False) -> bool:
@@ -106,9 +116,10 @@ class MqttPublisher:
             if topic not in self._dirty:
                 self._dirty.append(topic)
 
-    def set_discovery(self, messages: list[tuple[str, bytes]]) -> None:
+    def set_discovery(self, discovery) -> None:
+        """The Home Assistant device message (:class:`~.homeassistant.DeviceDiscovery`), published retained."""
         with self._lock:
-            self._discovery = dict(messages)
+            self._discovery = discovery
             self._announce = True
 
     def publish_live(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
@@ -117,6 +128,12 @@ class MqttPublisher:
         with self._lock:
             self._live.append((topic, payload, qos, retain))
         return True
+
+    def subscribe(self, topic: str, callback) -> None:
+        """Deliver messages on ``topic`` (exact name, QoS 1, subscribed again after every connect) to
+        ``callback(topic, payload, retained)``. It runs on the I/O thread: it must return quickly."""
+        with self._lock:
+            self._subs[topic] = callback
 
     def stats(self) -> dict:
         return {"connected": self.connected, "connects": self.connects, "disconnects": self.disconnects,
@@ -151,23 +168,21 @@ class MqttPublisher:
     def _new_client(self):
         import paho.mqtt.client as mqtt
 
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
-                        protocol=mqtt.MQTTv311)
+        if self.protocol == 5:  # MQTT 5: clean start is a connect() flag, not a client setting
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        else:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
+                            protocol=mqtt.MQTTv311)
         c.max_inflight_messages_set(self.inflight)
         c.max_queued_messages_set(0)
         c.connect_timeout = 10.0
-        if self.username:
-            c.username_pw_set(self.username, self.password)
-        if self.tls is not None:
-            c.tls_set(ca_certs=self.tls.ca, certfile=self.tls.cert, keyfile=self.tls.key,
-                      cert_reqs=ssl.CERT_REQUIRED)
-            if self.tls.insecure:
-                c.tls_insecure_set(True)
+        set_credentials(c, self.username, self.password, self.tls)
         c.will_set(self.topics.available, b"offline", qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         return c
 
     def _log_once(self, key: str, msg: str, level=logging.ERROR) -> None:
@@ -233,8 +248,14 @@ class MqttPublisher:
             room = self.inflight - len(self._handed)
             if room > 0 and len(self.spool) > len(self._handed):
                 for rec in self.spool.peek(cursor, room):
-                    info = client.publish(rec.topic, rec.payload, qos=rec.qos, retain=rec.retain)
                     cursor = rec.id
+                    left = self._fresh_for(rec)
+                    if left is not None and left <= 0:
+                        self.spool.expire(rec.id)  # stale: never delivered late (mqtt.expiry)
+                        self.expired += 1
+                        continue
+                    info = client.publish(rec.topic, rec.payload, qos=rec.qos, retain=rec.retain,
+                                          properties=self._expiry_props(left))
                     if info.rc != mqtt.MQTT_ERR_SUCCESS:
                         break
                     self.sent += 1
@@ -253,24 +274,57 @@ class MqttPublisher:
         self._set_disconnected()
         return self._session_ok
 
+    def _fresh_for(self, rec) -> float | None:
+        """Seconds record ``rec`` stays fresh (its topic kind's expiry minus its age in the spool); None: no
+        expiry for that kind."""
+        exp = self.expiry.get(rec.topic.rsplit("/", 1)[-1])
+        return None if exp is None else exp - (time.time() - rec.ts)
+
+    def _expiry_props(self, left: float | None):
+        """MQTT 5: the rest of the freshness as the message expiry interval, so the broker does not hand the
+        message to a subscriber later either (a persistent session that was offline)."""
+        if left is None or self.protocol != 5:
+            return None
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = max(1, math.ceil(left))
+        return props
+
     def _publish_state(self, client) -> None:
         with self._lock:
-            announce, self._announce = self._announce, False
+            if self._announce and time.monotonic() < self._hold_announce:
+                return  # reading back the retained discovery messages: state goes out with the announce
+            announce = self._announce
             if announce:
-                disc = list(self._discovery.items())
+                self._announce = False
                 dirty = list(self._state.keys())
+                legacy, self._legacy = sorted(self._legacy), set()
             else:
-                disc = []
                 dirty = self._dirty
             self._dirty = []
             items = [(t, *self._state[t]) for t in dirty if t in self._state]
-        for topic, payload in disc:
-            client.publish(topic, payload, qos=1, retain=True)
+        if announce and self._discovery is not None:
+            self._publish_discovery(client, legacy)
         if announce:
             client.publish(self.topics.available, b"online", qos=1, retain=True)
         for topic, payload, retain, qos in items:
             client.publish(topic, payload, qos=qos, retain=retain)
             self.state_published += 1
+
+    def _publish_discovery(self, client, legacy: list[str]) -> None:
+        """The device message; per-entity topics of edge-ssd 0.1 are migrated the way Home Assistant documents
+        it (``migrate_discovery`` first, then the device message, then the old topic cleared), so their
+        entities keep their ids and history."""
+        for topic in legacy:
+            client.publish(topic, b'{"migrate_discovery":true}', qos=1, retain=True)
+        client.publish(self._discovery.topic, self._discovery.message(), qos=1, retain=True)
+        for topic in legacy:
+            client.publish(topic, b"", qos=1, retain=True)
+        if legacy:
+            log.info("mqtt: migrated %d Home Assistant entities to device discovery (%s)", len(legacy),
+                     self._discovery.topic)
 
     def _set_disconnected(self) -> None:
         if self.connected:
@@ -301,10 +355,16 @@ class MqttPublisher:
         self.last_error = None
         log.info("mqtt: connected to %s:%d as %s (%d spooled messages to send)", self.host, self.port,
                  self.client_id, len(self.spool))
-        if self.discovery_prefix:
-            client.subscribe(f"{self.discovery_prefix}/status", qos=1)
+        subs = [(f"{self.discovery_prefix}/status", 1)] if self.discovery_prefix else []
         with self._lock:
+            subs += [(topic, 1) for topic in self._subs]
             self._announce = True  # discovery, availability and every state topic again
+            if self._discovery is not None:
+                # read back what the broker retained first: removed components, entities to migrate
+                subs += [(self._discovery.topic, 1), (self._discovery.legacy, 1)]
+                self._hold_announce = time.monotonic() + 3.0
+        if subs:
+            self._sub_mid = client.subscribe(subs)[1]
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._set_disconnected()
@@ -317,7 +377,30 @@ class MqttPublisher:
             self.spool.ack(rid)
             self.acked += 1
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid == self._sub_mid:  # the broker sends the retained messages right after the SUBACK
+            self._hold_announce = min(self._hold_announce, time.monotonic() + 0.3)
+
     def _on_message(self, client, userdata, msg) -> None:
+        cb = self._subs.get(msg.topic)
+        if cb is not None:
+            try:
+                cb(msg.topic, bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                log.exception("mqtt: handler for %s failed", msg.topic)
+            return
+        disc = self._discovery
+        if disc is not None and msg.retain and msg.topic == disc.topic:
+            if disc.merge_retained(bytes(msg.payload)):
+                with self._lock:
+                    self._announce = True
+            return
+        if disc is not None and msg.retain and msg.topic != disc.topic and msg.topic.endswith("/config"):
+            if msg.payload:  # a retained per-entity message (legacy_topics matches only ours)
+                with self._lock:
+                    self._legacy.add(msg.topic)
+                    self._announce = True
+            return
         if self.discovery_prefix and msg.topic == f"{self.discovery_prefix}/status":
             if msg.payload.strip().lower() == b"online":
                 log.info("mqtt: Home Assistant came online: re-announcing discovery and state")
@@ -422,3 +505,13 @@ class MqttSink:
 
     def close(self) -> None:
         pass
+
+
+def set_credentials(client, username: str | None, password: str | None, tls) -> None:
+    """Username/password and TLS (a ``daemon.config.TLSConfig`` or None) on a paho client."""
+    if username:
+        client.username_pw_set(username, password)
+    if tls is not None:
+        client.tls_set(ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key, cert_reqs=ssl.CERT_REQUIRED)
+        if tls.insecure:
+            client.tls_insecure_set(True)

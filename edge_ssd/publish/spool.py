@@ -99,6 +99,7 @@ class Spool:
         self.dropped_limit = 0
         self.dropped_age = 0
         self.dropped_disk = 0
+        self.dropped_expired = 0  # stale when their turn came (mqtt.expiry), deleted unsent
         self.appended = 0
         self.acked = 0
         self._disk_full = False
@@ -278,14 +279,25 @@ class Spool:
                 self._disk_error(e)
                 self._pending_delete.add(rid)
 
-    def _delete(self, rid: int) -> None:
+    def expire(self, rid: int) -> None:
+        """Record ``rid`` is stale (older than its topic's ``mqtt.expiry``): delete it unsent, counted."""
+        with self._lock:
+            try:
+                if self._delete(rid, acked=False):
+                    self.dropped_expired += 1
+            except sqlite3.OperationalError as e:
+                self._disk_error(e)
+                self._pending_delete.add(rid)
+
+    def _delete(self, rid: int, acked: bool = True) -> bool:
         row = self._db.execute("SELECT size FROM spool WHERE id = ?", (rid,)).fetchone()
         if row is None:
-            return  # already dropped by the size/age limits
+            return False  # already dropped by the size/age limits
         self._db.execute("DELETE FROM spool WHERE id = ?", (rid,))
         self._count -= 1
         self._bytes -= int(row[0])
-        self.acked += 1
+        self.acked += int(acked)
+        return True
 
     def _retry_deletes(self) -> None:
         for rid in sorted(self._pending_delete):
@@ -303,13 +315,14 @@ class Spool:
 
     @property
     def dropped(self) -> int:
-        return self.dropped_limit + self.dropped_age + self.dropped_disk
+        return self.dropped_limit + self.dropped_age + self.dropped_disk + self.dropped_expired
 
     def stats(self) -> dict:
         with self._lock:
             return {"queued": len(self), "bytes": self._bytes, "appended": self.appended, "acked": self.acked,
                     "dropped": self.dropped, "dropped_limit": self.dropped_limit, "dropped_age": self.dropped_age,
-                    "dropped_disk": self.dropped_disk, "disk_full": self._disk_full}
+                    "dropped_disk": self.dropped_disk, "dropped_expired": self.dropped_expired,
+                    "disk_full": self._disk_full}
 
     def close(self) -> None:
         with self._lock:

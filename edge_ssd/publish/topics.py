@@ -47,5 +47,17 @@ class Topics:
     def snapshot(self, source: str) -> str:  # JPEG bytes of the latest frame with objects
         return f"{self.base}/{source}/snapshot"
 
+    @property
+    def model_set(self) -> str:  # retained roll-out command for this device (docs/fleet.md)
+        return f"{self.base}/model/set"
+
+    @property
+    def fleet_model_set(self) -> str:  # retained roll-out command for every device under the prefix
+        return f"{self.prefix}/all/model/set"
+
+    @property
+    def model_state(self) -> str:  # retained JSON: downloading / verifying / active / rolled-back / failed
+        return f"{self.base}/model/state"
+
     def subscription(self) -> str:
         return f"{self.base}/#"

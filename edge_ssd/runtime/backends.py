@@ -237,24 +237,10 @@ class OnnxBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, model_path: str | Path, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise DependencyError("onnxruntime is not installed; `pip install onnxruntime` (or "
-                                  "`pip install edge-ssd[convert]`) to run .onnx models") from None
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
+        from .onnx import onnx_session
+
         self.threads = threads
-        try:
-            self.session = ort.InferenceSession(str(model_path), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as e:
-            first = str(e).strip().splitlines()[0][:200]
-            raise UserError(f"{model_path}: ONNX Runtime cannot load the model ({first}); "
-                            "check it is an exported .onnx file") from None
+        self.session = onnx_session(Path(model_path), threads=threads, source=model_path)
         ins = self.session.get_inputs()
         if len(ins) != 1:
             raise UserError(f"{model_path}: expected a model with one input, found {len(ins)}; "
@@ -299,5 +285,4 @@ def open_backend(model_path: str | Path, backend: str = "auto", threads: int | N
         edgetpu = backend == "edgetpu" or (backend == "auto" and p.stem.endswith("_edgetpu"))
         runtime = "auto" if backend in ("auto", "edgetpu") else backend
         b = TFLiteBackend(p, runtime=runtime, threads=threads, edgetpu=edgetpu, edgetpu_device=edgetpu_device)
-    log.info("inference backend: %s", b.describe())
     return b

@@ -5,10 +5,12 @@
 * a bundle directory (``manifest.json`` + ``model.tflite``, written by ``edge-ssd convert``): everything comes
   from the manifest (output names, normalisation, priors, score function, box encoding, thresholds, labels);
 * an ``.onnx`` model following the pytorch-ssd contract (input 1x3xHxW float, outputs ``scores``
-  probabilities and ``boxes`` corners); labels from the ONNX metadata key ``edge_ssd.labels`` (a JSON list)
-  or a labels file beside it / given;
-* a bare ``.tflite`` with a labels file: assumed to follow the pytorch-ssd contract, outputs identified by
-  their shape (a warning says so).
+  probabilities and ``boxes`` corners);
+* a bare ``.tflite``: assumed to follow the pytorch-ssd contract, outputs identified by their shape (a warning
+  says so).
+
+Labels come from :func:`edge_ssd.model.labels.resolve_labels` (``labels=``, the model's metadata, the bundle's
+manifest, ``<stem>-labels.txt`` / ``<stem>.txt`` beside the model, else ``class1...`` with a warning).
 
 The work is split in three stages so the pipeline can run them on separate threads and the benchmark can
 time them: ``preprocess(bgr, out=None)`` (resize + colour conversion + one lookup table that folds
@@ -19,7 +21,6 @@ Everything that does not depend on the frame (tables, priors, buffers) is comput
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +31,13 @@ import numpy as np
 from ..errors import UserError
 from ..model import box as boxlib
 from ..model.bundle import BundleError, is_bundle, load_manifest
+from ..model.labels import resolve_labels
 from ..model.preprocess import Normalization, input_lut
 from .backends import Backend, TensorInfo, open_backend
+from .onnx import identify_outputs
 
 log = logging.getLogger(__name__)
 
-LABELS_META_KEY = "edge_ssd.labels"
 DEFAULT_SCORE_THRESHOLD = 0.5
 
 
@@ -62,50 +64,19 @@ class InputConfig:
     norm: Normalization = field(default_factory=Normalization)
 
 
-def read_labels(path: str | Path) -> list[str]:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read labels file {p} ({getattr(e, 'strerror', None) or 'not UTF-8 text'}); pass "
-                        "a UTF-8 text file with one label per line") from None
-    if p.suffix == ".json":
-        try:
-            labels = json.loads(text)
-        except json.JSONDecodeError:
-            raise UserError(f"{p}: not valid JSON; give a JSON list of labels or a text file, one per line") \
-                from None
-        if not isinstance(labels, list):
-            raise UserError(f"{p}: expected a JSON list of labels")
-        return [str(v) for v in labels]
-    labels = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not labels:
-        raise UserError(f"{p}: labels file is empty; write one label per line, BACKGROUND first")
-    return labels
-
-
-def find_labels_file(model_path: Path) -> Path | None:
-    """A labels file beside a model: <stem>.txt, <stem>-labels.txt, labels.txt, then any *labels*.txt."""
-    d = model_path.parent
-    for name in (f"{model_path.stem}.labels", f"{model_path.stem}-labels.txt", f"{model_path.stem}_labels.txt",
-                 f"{model_path.stem}.txt", "labels.txt"):
-        if (d / name).is_file():
-            return d / name
-    cands = sorted(d.glob("*labels*.txt"))
-    return cands[0] if len(cands) == 1 else None
-
-
 class Detector:
     """A loaded model with its pre- and postprocessing. Not thread-safe per stage: run each stage from one
     thread at a time (the pipeline does); ``preprocess`` may write into caller-owned buffers (``out=``)."""
 
     def __init__(self, backend: Backend, labels: list[str], inp: InputConfig, post: PostprocessConfig,
                  scores_name: str, boxes_name: str, name: str = "model", source_path: str = "",
-                 scores_parts: list[str] | None = None, boxes_parts: list[str] | None = None):
+                 scores_parts: list[str] | None = None, boxes_parts: list[str] | None = None,
+                 labels_source: str = "list"):
         self.backend = backend
         # outputs split per SSD head (see bundle.OutputSpec.parts): concatenated on the host along the priors axis
         self._concat = [(n, list(ps)) for n, ps in ((scores_name, scores_parts), (boxes_name, boxes_parts)) if ps]
         self.labels = list(labels)
+        self.labels_source = labels_source  # see edge_ssd.model.labels.Labels.source
         self.inp = inp
         self.post = post
         self.scores_name = scores_name
@@ -193,6 +164,20 @@ class Detector:
             center_variance=p.center_variance, size_variance=p.size_variance, iou_threshold=p.iou_threshold,
             prob_threshold=thr, candidate_size=p.candidate_size, top_k=p.top_k, background=p.background)
 
+    def decode(self, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Every prior's class probabilities (N, C) and corner box (N, 4), before thresholds and NMS (the tail
+        :meth:`postprocess` runs, without its shortcut): what the converter compares between models."""
+        p = self.post
+        s, b = raw[self.scores_name], raw[self.boxes_name]
+        s, b = (s[0] if s.ndim == 3 else s), (b[0] if b.ndim == 3 else b)
+        if p.score_fn == "softmax":
+            s = boxlib.softmax(s.astype(np.float32))
+        elif p.score_fn == "sigmoid":
+            s = boxlib.sigmoid(s.astype(np.float32))
+        if self._priors is not None:
+            b = boxlib.decode_boxes(b, self._priors, p.center_variance, p.size_variance)
+        return s, b
+
     def detect(self, bgr: np.ndarray, score_threshold: float | None = None) -> Detections:
         """Detections (normalised corner boxes, score-sorted) of one BGR frame."""
         return self.postprocess(self.infer(self.preprocess(bgr)), score_threshold)
@@ -207,25 +192,8 @@ Detections = boxlib.Detections
 # -- loading --------------------------------------------------------------------------------------------
 
 def _identify_outputs(backend: Backend, path: Path, n_classes: int | None) -> tuple[str, str]:
-    """Output names for (scores, boxes) by shape: boxes end in 4, scores in the class count."""
-    shapes = _output_shapes(backend)
-    names = list(shapes)
-    if len(names) != 2:
-        raise UserError(f"{path}: expected 2 outputs (scores, boxes), found {len(names)} ({', '.join(names)}); "
-                        "convert the model with `edge-ssd convert` to get a bundle with a manifest")
-    by_name = {n.split(":")[0].lower(): n for n in names}
-    if "scores" in by_name and "boxes" in by_name:
-        return by_name["scores"], by_name["boxes"]
-    a, b = names
-    sa, sb = shapes[a], shapes[b]
-    if sa[-1] == 4 and sb[-1] != 4:
-        return b, a
-    if sb[-1] == 4 and sa[-1] != 4:
-        return a, b
-    if n_classes == 4:  # both end in 4: 3 object classes + background; guess by order (pytorch-ssd: scores first)
-        return a, b
-    raise UserError(f"{path}: cannot tell scores from boxes by shape ({sa} and {sb}); use a bundle "
-                    "(`edge-ssd convert`) whose manifest names the outputs")
+    """Output names for (scores, boxes): by name, else by shape (see :func:`edge_ssd.runtime.onnx.identify_outputs`)."""
+    return identify_outputs(_output_shapes(backend), path, n_classes)
 
 
 def _output_shapes(backend: Backend) -> dict[str, tuple[int, ...]]:
@@ -234,48 +202,26 @@ def _output_shapes(backend: Backend) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in raw.items()}
 
 
-def _labels_for(path: Path, labels, n_classes: int | None, metadata: dict | None = None) -> list[str]:
-    if isinstance(labels, (list, tuple)):
-        out = [str(v) for v in labels]
-    elif labels:
-        out = read_labels(labels)
-    elif metadata and LABELS_META_KEY in metadata:
-        try:
-            out = [str(v) for v in json.loads(metadata[LABELS_META_KEY])]
-        except (json.JSONDecodeError, TypeError):
-            raise UserError(f"{path}: metadata {LABELS_META_KEY} is not a JSON list; re-export the model or "
-                            "pass --labels") from None
-    else:
-        f = find_labels_file(path)
-        if f is None:
-            raise UserError(f"{path}: no labels found (no {LABELS_META_KEY} metadata, no labels file beside "
-                            "it); pass --labels FILE (one label per line, BACKGROUND first)")
-        out = read_labels(f)
-    if n_classes is not None and len(out) != n_classes:
-        if len(out) == n_classes - 1:  # labels without the background class
-            out = ["BACKGROUND", *out]
-        else:
-            raise UserError(f"{path}: the model has {n_classes} classes but {len(out)} labels were given; "
-                            "pass the labels file the model was trained with")
-    return out
-
-
-def _input_config_from_tensor(info: TensorInfo, path: Path) -> InputConfig:
+def _input_config_from_tensor(info: TensorInfo, path: Path, norm: Normalization | None = None) -> InputConfig:
     shape = info.shape
     if len(shape) != 4:
         raise UserError(f"{path}: expected a 4-D image input, got shape {list(shape)}")
     if shape[-1] == 3:
-        return InputConfig(width=int(shape[2]), height=int(shape[1]), layout="NHWC")
+        return InputConfig(width=int(shape[2]), height=int(shape[1]), layout="NHWC", norm=norm or Normalization())
     if shape[1] == 3:
-        return InputConfig(width=int(shape[3]), height=int(shape[2]), layout="NCHW")
+        return InputConfig(width=int(shape[3]), height=int(shape[2]), layout="NCHW", norm=norm or Normalization())
     raise UserError(f"{path}: input shape {list(shape)} is neither NHWC nor NCHW with 3 channels")
 
 
 def load_detector(path: str | Path, backend: str = "auto", threads: int | None = None,
                   score_threshold: float | None = None, labels: str | Path | list | None = None,
                   iou_threshold: float | None = None, top_k: int | None = None,
-                  edgetpu_device: str | None = None) -> Detector:
-    """Load a bundle directory, an ``.onnx`` model or a bare ``.tflite`` (see the module docstring)."""
+                  edgetpu_device: str | None = None, normalization: Normalization | None = None,
+                  labels_required: bool = False) -> Detector:
+    """Load a bundle directory, an ``.onnx`` model or a bare ``.tflite`` (see the module docstring).
+    ``normalization`` sets an ``.onnx`` model's input normalisation (default pytorch-ssd's (x-127)/128).
+    Without labels anywhere the classes are named ``class1...`` with a warning, or, with ``labels_required``,
+    a one-line error."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"model {p} not found; pass a bundle directory (from `edge-ssd convert`), an .onnx "
@@ -285,11 +231,18 @@ def load_detector(path: str | Path, backend: str = "auto", threads: int | None =
     elif p.is_dir():
         raise UserError(f"{p}: directory has no manifest.json; pass a bundle written by `edge-ssd convert`")
     elif p.suffix == ".onnx":
-        det = _load_onnx(p, backend, threads, labels)
+        det = _load_onnx(p, backend, threads, labels, normalization)
     elif p.suffix == ".tflite":
         det = _load_bare_tflite(p, backend, threads, labels, edgetpu_device)
     else:
         raise UserError(f"{p}: unknown model type {p.suffix!r}; pass a bundle directory, .onnx or .tflite")
+    if det.labels_source == "placeholder":
+        if labels_required:
+            raise UserError(f"{p}: the model carries no labels (no metadata, no {p.stem}-labels.txt or {p.stem}.txt "
+                            "beside it); pass --labels FILE (one class name per line, BACKGROUND first)")
+        log.warning("%s: no labels (no --labels, no metadata, no %s-labels.txt or %s.txt beside it): classes are "
+                    "named %s...; pass --labels FILE", p, p.stem, p.stem, ", ".join(det.labels[:3]))
+    log.info("inference backend: %s", det.backend.describe())
     if score_threshold is not None:
         det.score_threshold = det.post.score_threshold = float(score_threshold)
     if iou_threshold is not None:
@@ -335,14 +288,16 @@ def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Dete
                              center_variance=pp.center_variance, size_variance=pp.size_variance,
                              background=pp.background_class, iou_threshold=pp.iou_threshold,
                              score_threshold=pp.score_threshold, candidate_size=pp.candidate_size, top_k=pp.top_k)
-    lab = _labels_for(p, labels, None) if labels else list(m.labels)
+    lab = resolve_labels(p, m.scores.shape[-1], explicit=labels, manifest=m.labels,
+                         background=pp.background_class, warn=False)
     name = p.name[:-len(".bundle")] if p.name.endswith(".bundle") else p.name
-    return Detector(be, lab, inp, post, scores_name, boxes_name, name=name, source_path=str(p), **parts)
+    return Detector(be, lab.names, inp, post, scores_name, boxes_name, name=name, source_path=str(p),
+                    labels_source=lab.source, **parts)
 
 
-def _load_onnx(p: Path, backend: str, threads, labels) -> Detector:
+def _load_onnx(p: Path, backend: str, threads, labels, norm: Normalization | None = None) -> Detector:
     be = open_backend(p, backend=backend, threads=threads)
-    inp = _input_config_from_tensor(be.input, p)
+    inp = _input_config_from_tensor(be.input, p, norm)
     if any(d <= 0 for d in be.input.shape[1:]):
         raise UserError(f"{p}: input shape {list(be.input.shape)} is not fixed; export with a fixed size")
     if inp.layout != "NCHW":
@@ -350,9 +305,10 @@ def _load_onnx(p: Path, backend: str, threads, labels) -> Detector:
     be.input.shape = (1, *be.input.shape[1:])
     scores_name, boxes_name = _identify_outputs(be, p, None)
     n_classes = _output_shapes(be)[scores_name][-1]
-    lab = _labels_for(p, labels, n_classes, getattr(be, "metadata", None))
+    lab = resolve_labels(p, n_classes, explicit=labels, metadata=getattr(be, "metadata", None), warn=False)
     post = PostprocessConfig(score_fn="none", box_encoding="corners")
-    return Detector(be, lab, inp, post, scores_name, boxes_name, name=p.stem, source_path=str(p))
+    return Detector(be, lab.names, inp, post, scores_name, boxes_name, name=p.stem, source_path=str(p),
+                    labels_source=lab.source)
 
 
 def _load_bare_tflite(p: Path, backend: str, threads, labels, edgetpu_device) -> Detector:
@@ -360,8 +316,9 @@ def _load_bare_tflite(p: Path, backend: str, threads, labels, edgetpu_device) ->
     inp = _input_config_from_tensor(be.input, p)
     scores_name, boxes_name = _identify_outputs(be, p, None)
     n_classes = _output_shapes(be)[scores_name][-1]
-    lab = _labels_for(p, labels, n_classes)
+    lab = resolve_labels(p, n_classes, explicit=labels, warn=False)
     log.warning("%s: bare .tflite without a manifest: assuming the pytorch-ssd contract (RGB, (x-127)/128, "
                 "softmaxed scores, corner boxes); convert with `edge-ssd convert` for a self-describing bundle", p)
     post = PostprocessConfig(score_fn="none", box_encoding="corners")
-    return Detector(be, lab, inp, post, scores_name, boxes_name, name=p.stem, source_path=str(p))
+    return Detector(be, lab.names, inp, post, scores_name, boxes_name, name=p.stem, source_path=str(p),
+                    labels_source=lab.source)
