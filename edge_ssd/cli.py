@@ -14,8 +14,18 @@ from . import __version__
 from .errors import INTERNAL_ERROR, DependencyError, UserError
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line like every other error: ``edge-ssd: error: detect: argument --threads: must be
+    an integer >= 1 (got '0'); see 'edge-ssd detect --help'`` (exit 2), not the usage block."""
+
+    def error(self, message: str):
+        cmd = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        where = f"{cmd}: " if cmd else ""
+        self.exit(2, f"edge-ssd: error: {where}{message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="edge-ssd",
         description="MobileNet-SSD on edge devices: export, convert to int8 TFLite, run, publish over MQTT.",
     )

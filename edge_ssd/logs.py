@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from .redact import MaskFilter
+from .redact import mask
 
 PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
@@ -25,7 +25,14 @@ def under_journal(env: dict[str, str] | None = None) -> bool:
     return bool(env.get("JOURNAL_STREAM"))
 
 
-class JournalFormatter(logging.Formatter):
+class MaskingFormatter(logging.Formatter):
+    """The formatted record (message, arguments and traceback) through :func:`edge_ssd.redact.mask`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask(super().format(record))
+
+
+class JournalFormatter(MaskingFormatter):
     """``<N>name: message``; continuation lines (tracebacks) get the same prefix."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -45,8 +52,7 @@ def setup_logging(verbose: bool = False, stream=None, env: dict[str, str] | None
     if under_journal(env):
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(MaskFilter())
+        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     return handler

@@ -8,7 +8,6 @@ line that may hold a URL or a password goes through :func:`mask`.
 
 from __future__ import annotations
 
-import logging
 import re
 
 MASK = "***"
@@ -39,16 +38,3 @@ def mask(text: object) -> str:
         s = _QUERY.sub(lambda m: m.group("k") + MASK, s)
         s = _OPTION.sub(lambda m: m.group("k") + MASK, s)
     return s
-
-
-class MaskFilter(logging.Filter):
-    """A handler filter: the formatted message of every record goes through :func:`mask`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        masked = mask(msg)
-        if masked != msg:
-            record.msg, record.args = masked, None
-        if record.exc_info and record.exc_text is None and record.exc_info[1] is not None:
-            record.exc_text = mask(logging.Formatter().formatException(record.exc_info))
-        return True

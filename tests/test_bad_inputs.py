@@ -415,6 +415,29 @@ CASES: list[Case] = [
                                 "--frames", "2"), 2, "/dev/full", "disk"),
     C("demo-out-is-file", ("demo", "--out", "{a_file}"), 2, "a_file", "disk"),
     C("demo-frames-zero", ("demo", "--frames", "0"), 2, "--frames", "video"),
+    # ---- fleet: keygen / sign-bundle / push-bundle / ha (bundles, URLs, broker, config)
+    C("keygen-unwritable", ("keygen", "/proc/edge-ssd-keys"), 2, "/proc/edge-ssd-keys", "disk"),
+    C("keygen-dir-is-file", ("keygen", "{a_file}"), 2, "a_file", "disk"),
+    C("sign-bundle-missing", ("sign-bundle", "{tmp}/nope.bundle", "--key", "{a_file}"), 2, "nope.bundle", "bundle"),
+    C("sign-bundle-not-a-key", ("sign-bundle", "{bundle}", "--key", "{a_file}"), 2, "not a PEM private key",
+      "bundle"),
+    C("sign-bundle-check-not-a-key", ("sign-bundle", "{bundle}", "--check", "{a_file}"), 2, "not a PEM public key",
+      "bundle"),
+    C("sign-bundle-not-a-bundle", ("sign-bundle", "{model_dir}", "--key", "{a_file}"), 2, "manifest.json",
+      "bundle"),
+    C("push-bundle-missing", ("push-bundle", "{tmp}/nope.bundle", "--url", "http://127.0.0.1:{port}/"), 2,
+      "not found", "bundle"),
+    C("push-bundle-url-closed", ("push-bundle", "{bundle}", "--url", "http://127.0.0.1:{port}/", "--out",
+                                 "{tmp}/push", "--port", "{port}", "--timeout", "1"), 2, "--url does not serve",
+      "url"),
+    C("push-bundle-url-secret", ("push-bundle", "{bundle}", "--url", "http://u:" + SECRET + "@127.0.0.1:{port}/",
+                                 "--out", "{tmp}/push2", "--port", "{port}", "--timeout", "1"), 2, "u:***@", "url"),
+    C("push-bundle-no-mode", ("push-bundle", "{bundle}"), 2, "--serve", "bundle"),
+    C("ha-no-action", ("ha",), 2, "ha remove", "broker"),
+    C("ha-remove-config-missing", ("ha", "remove", "--config", "{tmp}/nope.yaml"), 2, "nope.yaml", "config"),
+    C("ha-remove-no-mqtt", ("ha", "remove", "--config", "{cfg_good}", "--timeout", "1"), 1, "mqtt", "config"),
+    C("ha-remove-broker-closed", ("ha", "remove", "--config", "{cfg_pw_inline}", "--timeout", "1"), 1,
+      "127.0.0.1", "broker"),
     # ---- the CLI itself
     C("cli-unknown-command", ("frobnicate",), 2, "invalid choice", "cli"),
     C("cli-unknown-option", ("detect", "{images}", "--model", "{face_onnx}", "--colour"), 2, "unrecognized", "cli"),
@@ -461,3 +484,40 @@ def test_bad_input(case: Case, world, capsys, monkeypatch, tmp_path):
     assert "Traceback" not in out and SECRET not in out, out
     errors = [ln for ln in out.splitlines() if ln.startswith("edge-ssd: error:")]
     assert len(errors) <= 1, out
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_read_only_spool_is_called_read_only_not_full(read_only_dir):
+    """A spool on a read-only file system (a root that is still read-only, an SD card gone read-only): the
+    daemon and doctor say so, instead of "cannot be opened, move it away" / "only 0 MB free, apt-get clean"."""
+    from edge_ssd.doctor import FAIL, check_space
+    from edge_ssd.errors import UserError
+    from edge_ssd.publish.spool import Spool
+
+    with pytest.raises(UserError, match="read-only file system"):
+        Spool(read_only_dir)
+    with pytest.raises(UserError, match="read-only file system"):
+        Spool(read_only_dir / "spool")
+    c = check_space(read_only_dir / "spool")
+    assert c.status == FAIL and "read-only" in c.message and "apt-get clean" not in c.fix
+
+
+def test_truncated_video_logs_one_line_per_damaged_stretch(world, capsys, monkeypatch):
+    rc, out = run_cli(["detect", world["trunc_video"], "--model", world["face_onnx"], "--json"], capsys,
+                      monkeypatch)
+    assert rc == 0
+    assert out.count("cannot be decoded") <= 1 and out.count("looks truncated") <= 1
+    frames = [ln for ln in out.splitlines() if ln.startswith("{")]
+    assert 5 < len(frames) < 30

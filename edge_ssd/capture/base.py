@@ -53,6 +53,9 @@ class Frame:
         return iter((self.image, self.ts, self.index))
 
 
+HEALTHY_AFTER = 2  # frames a reconnected live source must deliver before its backoff resets
+
+
 class SourceEnded(Exception):
     """Raised by ``_grab`` when a finite source has no more frames."""
 
@@ -111,6 +114,8 @@ class Source:
         self._opened = False
         self._connected = False
         self._failures = 0
+        self._conn_frames = 0  # frames of the current connection
+        self._last_img: np.ndarray | None = None
         self._next_t = 0.0
         self._io = threading.RLock()  # serialises connect/grab (sync mode) with close()
 
@@ -225,9 +230,26 @@ class Source:
     def _do_connect(self) -> None:
         self._connect()
         self._connected = True
-        self._failures = 0
-        self.error = None
+        self._conn_frames = 0
+        if not self._failures:  # the first connection; after failures, see _healthy
+            self.error = None
         self._set_status("ok")
+
+    def _healthy(self, img: np.ndarray) -> bool:
+        """After a reconnect, the failure count (and so the backoff) is reset only once the connection has
+        delivered HEALTHY_AFTER frames: a source that gives one frame per connection (an HTTP snapshot URL, a
+        1-frame video) then backs off to the maximum delay instead of reconnecting every half second. The first
+        frame after a reconnect that equals the last one before it is not new: False (skip it)."""
+        self._conn_frames += 1
+        repeat = (self._conn_frames == 1 and self._failures and self._last_img is not None
+                  and self._last_img.shape == img.shape and np.array_equal(self._last_img, img))
+        if self._failures and self._conn_frames >= HEALTHY_AFTER:
+            self._failures = 0
+            self.error = None
+        self._last_img = img
+        if repeat:
+            self.dropped["repeat"] += 1
+        return not repeat
 
     def _safe_disconnect(self) -> None:
         if self._connected:
@@ -301,6 +323,8 @@ class Source:
                     self._set_status("ended")
                     return None
                 continue  # the next round reconnects after the backoff, or gives up (no reconnect, max failures)
+            if not self.finite and not self._healthy(img):
+                continue
             self._pace()
             return img
         return None

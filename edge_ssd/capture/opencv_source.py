@@ -163,9 +163,12 @@ class VideoFileSource(Source):
                 # an undecodable frame inside the file: skip it, keep going
                 self._corrupt_run += 1
                 self.dropped["corrupt"] += 1
-                log.warning("%s: frame %d cannot be decoded, skipped", self.name, pos)
+                if self._corrupt_run == 1:  # one line per damaged stretch, not one per frame
+                    log.warning("%s: frame %d cannot be decoded: skipping undecodable frames", self.name, pos)
                 if not self._cap.grab():  # advance past it; give up at the real end
                     if self._corrupt_run >= MAX_CORRUPT_IN_A_ROW:
+                        log.warning("%s: no frame decodes after frame %d (of %d): the file looks truncated; "
+                                    "stopping there", self.name, pos, self.frame_count)
                         break
                 continue
             break
