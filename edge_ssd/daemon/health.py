@@ -7,6 +7,7 @@ import time
 
 from .. import __version__
 from ..publish.messages import SCHEMA
+from ..redact import mask
 
 
 def rss_bytes() -> int:
@@ -48,7 +49,7 @@ def source_status(name: str, pstats: dict, fps: float | None, inference_ms: floa
     return {"schema": SCHEMA, "state": s.get("status", "unknown"), "fps": fps,
             "inference_ms": None if inference_ms is None else round(inference_ms, 2),
             "frames": s.get("processed", 0), "errors": s.get("errors", 0), "reconnects": s.get("reconnects", 0),
-            "error": s.get("error")}
+            "error": None if s.get("error") is None else mask(s["error"])}
 
 
 def starting_status(name: str) -> dict:
