@@ -3,27 +3,44 @@ daemon's RSS over time and the message counts (produced vs received), and check 
 
     .venv/bin/python bench/soak_daemon.py --minutes 10 [--model PATH] [--out soak.json]
 
-Uses the ONNX face model from ../shared on a looping video made from ../shared/data/faces (no frame cap).
+By default the shipped test model (its ONNX, on ONNX Runtime) on a looping video of moving shapes (no frame
+cap); the broker is a throwaway Mosquitto and the subscriber is `edge-ssd watch --json`
+(edge_ssd.publish.local_broker).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from _broker import FACE_MODEL, Broker, Collector, make_face_video, start_daemon, stop_daemon, write_config  # noqa: E402
+
+def start_daemon(path: Path, cfg: dict) -> subprocess.Popen:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return subprocess.Popen([sys.executable, "-m", "edge_ssd", "run", "--config", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=open(path.with_suffix(".stderr"), "w"))
+
+
+def stop_daemon(p: subprocess.Popen, timeout: float = 30.0) -> int:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    return p.wait(timeout)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--model", default=str(FACE_MODEL))
+    ap.add_argument("--model", help="bundle or .onnx (default: the shipped test model's ONNX)")
     ap.add_argument("--sample", type=float, default=5.0, help="seconds between RSS samples")
     ap.add_argument("--out", default=None, help="write the samples and summary as JSON here")
     args = ap.parse_args()
@@ -31,11 +48,20 @@ def main() -> int:
     import psutil
     from tqdm import tqdm
 
+    from edge_ssd.publish.local_broker import LocalBroker, WatchSubscriber
+    from edge_ssd.train.synth import make_video
+
     tmp = Path(tempfile.mkdtemp(prefix="edge-ssd-soak-"))
-    video = make_face_video(tmp / "faces.avi", frames=100)
-    broker = Broker(tmp / "broker", persistence=False).start()
-    col = Collector(broker.port, ["edge-ssd/soak/#"]).start()
-    cfg = write_config(tmp / "config.yaml", {
+    if not args.model:
+        from edge_ssd.train.testmodel import get_test_model
+
+        args.model = str(get_test_model().onnx_path)
+    video = tmp / "shapes.avi"
+    make_video(video, n_frames=100, size=(320, 240), seed=3)
+    broker = LocalBroker(tmp / "broker").start()
+    col = WatchSubscriber("127.0.0.1", broker.port).start()
+    time.sleep(2.0)  # let the subscriber subscribe
+    p = start_daemon(tmp / "config.yaml", {
         "device": "soak",
         "model": {"bundle": args.model, "threads": 1},
         "sources": [{"name": "cam", "url": str(video), "loop": True, "realtime": False, "score_threshold": 0.5}],
@@ -43,7 +69,6 @@ def main() -> int:
         "spool": {"dir": str(tmp / "spool")},
         "stats_interval": 5,
     })
-    p = start_daemon(cfg)
     proc = psutil.Process(p.pid)
     samples = []
     t0 = time.monotonic()
@@ -60,9 +85,9 @@ def main() -> int:
     time.sleep(1.0)
     col.stop()
     broker.stop()
-    msgs = col.json("/cam/detections")
+    msgs = [m.payload for m in col.on("/cam/detections")]
     frames = [m["frame"] for m in msgs]
-    stats = col.json("/stats")
+    stats = [m.payload for m in col.on("/stats")]
     last = stats[-1] if stats else {}
     rss = [s["rss_mb"] for s in samples]
     warm = [s["rss_mb"] for s in samples if s["t"] >= min(30.0, total / 2)] or rss

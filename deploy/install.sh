@@ -2,7 +2,9 @@
 # edge-ssd device installer: Raspberry Pi OS (Bookworm / Trixie, 64-bit) and any Debian.
 #
 #   sudo deploy/install.sh                    install from this checkout, enable and start edge-ssd.service
-#   sudo deploy/install.sh --coral            ... plus the Coral Edge TPU runtime (libedgetpu1-std) and udev rules
+#   sudo deploy/install.sh --coral            ... plus the Coral Edge TPU runtime (libedgetpu1-std) and udev rules;
+#                                             then probes the delegate and says which libedgetpu to get if it crashes
+#   sudo deploy/install.sh --coral --libedgetpu-deb FILE.deb   install that libedgetpu (built for your TFLite)
 #   sudo deploy/install.sh --source X.whl     install a wheel (or any pip spec) instead of the checkout
 #   deploy/install.sh --dry-run               print every action, change nothing
 #   deploy/install.sh --root /tmp/r           write every file under /tmp/r (etc/, opt/, var/lib/); commands that
@@ -32,6 +34,7 @@ PYTHON=""
 DRY_RUN=0
 NO_START=0
 CORAL=0
+LIBEDGETPU_DEB=""
 UNINSTALL=0
 PURGE=0
 SKIP_PIP=0
@@ -56,7 +59,12 @@ Options:
   --pip-arg ARG     extra argument for 'pip install' (repeatable), e.g. --pip-arg --no-index
   --skip-pip        create the venv but do not pip install edge-ssd (tests, or an already populated venv)
   --reinstall       pip install even when the package stamp says it is up to date
-  --coral           Coral Edge TPU: install libedgetpu1-std (or say how to add its apt repo) and udev rules
+  --coral           Coral Edge TPU: install libedgetpu1-std (or say how to add its apt repo) and udev rules,
+                    then probe the delegate with the venv's TFLite runtime (in a child process) and say which
+                    libedgetpu to install when it crashes (Coral's 2021 build only works with TFLite <= 2.11)
+  --libedgetpu-deb FILE
+                    with --coral: install this libedgetpu .deb instead of Coral's libedgetpu1-std (one built for
+                    the installed TFLite runtime, e.g. from github.com/feranick/libedgetpu/releases)
   --no-start        enable the service but do not start (or restart) it
   --no-apt          do not run apt-get (dependencies are installed already)
   --skip-checks     skip the 64-bit / Python / disk space checks
@@ -64,8 +72,8 @@ Options:
                     change the live system (apt-get, useradd, systemctl start/daemon-reload, udevadm) are
                     printed, not run. Unit enabling uses 'systemctl --root DIR' (file-level symlinks only).
   --dry-run         print every action that would be taken and change nothing
-  --uninstall       stop and disable the service, remove the units, the venv and the user; keeps
-                    /etc/edge-ssd and /var/lib/edge-ssd
+  --uninstall       stop and disable the service, remove the device from Home Assistant (edge-ssd ha
+                    remove), the units, the venv and the user; keeps /etc/edge-ssd and /var/lib/edge-ssd
   --purge           with --uninstall: also remove /etc/edge-ssd and /var/lib/edge-ssd
   -h, --help        this help
 EOF
@@ -84,6 +92,7 @@ while [ $# -gt 0 ]; do
     --skip-pip) SKIP_PIP=1; shift ;;
     --reinstall) REINSTALL=1; shift ;;
     --coral) CORAL=1; shift ;;
+    --libedgetpu-deb) need_arg "$@"; LIBEDGETPU_DEB=$2; CORAL=1; shift 2 ;;
     --no-start) NO_START=1; shift ;;
     --no-apt) NO_APT=1; shift ;;
     --skip-checks) SKIP_CHECKS=1; shift ;;
@@ -98,6 +107,9 @@ done
 [[ "$PREFIX" =~ ^/[A-Za-z0-9._/+-]*$ ]] ||
   die "--prefix must be an absolute path of letters, digits and ._+-/ (got '$PREFIX')"
 [ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge only goes with --uninstall"
+if [ -n "$LIBEDGETPU_DEB" ] && { [ ! -f "$LIBEDGETPU_DEB" ] || [[ "$LIBEDGETPU_DEB" != *.deb ]]; }; then
+  die "--libedgetpu-deb $LIBEDGETPU_DEB: not a .deb file (download the libedgetpu1-std .deb for your TFLite runtime)"
+fi
 PREFIX=${PREFIX%/}
 [ -n "$PREFIX" ] || die "--prefix / is not allowed; use a directory such as /opt/edge-ssd"
 if [ "$ROOT" != / ]; then
@@ -211,7 +223,7 @@ apt_install() {
   # picamera2 / libcamera only come from apt (Raspberry Pi OS); opencv-python-headless needs no libGL
   apt_has python3-picamera2 && pkgs+=(python3-picamera2)
   apt_has libgomp1 && pkgs+=(libgomp1)
-  [ "$CORAL" = 1 ] && apt_has libedgetpu1-std && pkgs+=(libedgetpu1-std)
+  [ "$CORAL" = 1 ] && [ -z "$LIBEDGETPU_DEB" ] && apt_has libedgetpu1-std && pkgs+=(libedgetpu1-std)
   for p in "${pkgs[@]}"; do
     if [ "$LIVE" = 0 ] || ! dpkg_has "$p"; then missing+=("$p"); fi
   done
@@ -223,6 +235,7 @@ apt_install() {
 }
 
 coral_hint() {
+  if [ -n "$LIBEDGETPU_DEB" ]; then return; fi
   if apt_has libedgetpu1-std || { [ "$LIVE" = 1 ] && dpkg_has libedgetpu1-std; }; then return; fi
   warn "libedgetpu1-std is not in your apt sources. Add Coral's repository, then re-run with --coral:"
   warn "  echo 'deb [signed-by=/usr/share/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main' | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list"
@@ -410,11 +423,50 @@ EOF
   fi
 }
 
+install_libedgetpu_deb() {
+  [ -n "$LIBEDGETPU_DEB" ] || return 0
+  local deb; deb=$(cd "$(dirname "$LIBEDGETPU_DEB")" && pwd)/$(basename "$LIBEDGETPU_DEB")
+  sys_run "install $(basename "$deb")" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "$deb"
+}
+
+coral_probe() {  # does the Edge TPU delegate load with the venv's TFLite runtime? (child process: a crash is safe)
+  local v line rc=0 arch codename rt
+  v=$(r "$VENV")
+  if [ "$LIVE" = 0 ] || [ "$DRY_RUN" = 1 ]; then
+    ok "Edge TPU delegate probe skipped (not the live system): run edge-ssd doctor on the device"; return
+  fi
+  if ! "$v/bin/python" -c "import edge_ssd" >/dev/null 2>&1; then
+    ok "Edge TPU delegate probe skipped (edge-ssd is not installed in $VENV)"; return
+  fi
+  line=$("$v/bin/python" -m edge_ssd.runtime.edgetpu_probe 2>/dev/null) || rc=$?
+  if [ "$rc" = 0 ]; then ok "$line"; return; fi
+  warn "$line"
+  [ "$rc" = 2 ] || return 0
+  arch=$(dpkg --print-architecture 2>/dev/null || uname -m)
+  codename=$(. /etc/os-release 2>/dev/null && printf '%s' "${VERSION_CODENAME:-}")
+  rt=$("$v/bin/python" -c 'import importlib.metadata as m; print("ai-edge-litert " + m.version("ai-edge-litert"))' \
+       2>/dev/null || printf 'your TFLite runtime')
+  warn "  the right libedgetpu is one built for $rt: from https://github.com/feranick/libedgetpu/releases take"
+  warn "  libedgetpu1-std_*${codename:+.$codename}_${arch}.deb, then: sudo deploy/install.sh --coral --libedgetpu-deb FILE"
+}
+
 # ------------------------------------------------------------------------------------------------ uninstall
 remove_path() {  # remove_path PATH(target view) [dir]
   local p; p=$(r "$1")
   if [ ! -e "$p" ] && [ ! -L "$p" ]; then ok "$1 already absent"; return; fi
   do_run "remove $1" rm -rf -- "$p"
+}
+
+ha_remove() {  # the device out of Home Assistant while the venv is still there (best effort: needs the broker)
+  local cfg="$CONF_DIR/config.yaml"
+  [ -x "$(r "$VENV")/bin/edge-ssd" ] && [ -f "$(r "$cfg")" ] || return 0
+  if ! grep -q '^mqtt:' "$(r "$cfg")"; then ok "no mqtt section in $cfg: nothing announced to Home Assistant"; return 0; fi
+  if [ "$DRY_RUN" = 1 ] || [ "$LIVE" = 0 ]; then
+    sys_run "remove the device from Home Assistant" "$VENV/bin/edge-ssd" ha remove --config "$cfg"; return 0
+  fi
+  if "$VENV/bin/edge-ssd" ha remove --config "$cfg"; then change "removed the device from Home Assistant"
+  else warn "the device stays in Home Assistant (see above): delete it there, or run 'edge-ssd ha remove' first"; fi
 }
 
 uninstall() {
@@ -428,6 +480,7 @@ uninstall() {
   elif [ -e "$ROOT$UNIT_DIR/$SERVICE" ]; then
     do_run "disable $SERVICE (systemctl --root)" systemctl --root="$ROOT" disable --quiet "$SERVICE"
   fi
+  ha_remove
   local removed=0
   for name in "${UNIT_TEMPLATES[@]}"; do
     name=$(basename "$name")
@@ -506,7 +559,7 @@ fi
 chown_svc "root:$SVC_USER" "$CONF_DIR/config.yaml"
 ensure_dir "$STATE_DIR" 750
 chown_svc "$SVC_USER:$SVC_USER" "$STATE_DIR"
-if [ "$CORAL" = 1 ]; then write_coral_rules; fi
+if [ "$CORAL" = 1 ]; then write_coral_rules; install_libedgetpu_deb; coral_probe; fi
 install_docs
 install_units
 enable_service

@@ -12,7 +12,6 @@ such trees in a temporary directory to exercise the parsing of hardware that can
 
 from __future__ import annotations
 
-import ctypes
 import grp
 import importlib.util
 import os
@@ -35,7 +34,6 @@ STATUSES = (OK, WARN, FAIL, SKIP)
 MIN_PYTHON = (3, 11)
 SERVICE_USER = "edge-ssd"
 DEFAULT_CONFIG = "etc/edge-ssd/config.yaml"  # under root
-EDGETPU_LIB = "libedgetpu.so.1"
 # (idVendor, idProduct) -> what it is. The USB accelerator enumerates as 1a6e:089a until libedgetpu has
 # loaded its firmware, then as 18d1:9302.
 EDGETPU_USB_IDS = {
@@ -282,16 +280,69 @@ def scan_usb_edgetpu(root: str | Path = "/") -> list[dict]:
     return found
 
 
-def _lib_loadable(name: str) -> tuple[bool, str]:
-    try:
-        ctypes.CDLL(name)
-        return True, ""
-    except OSError as e:
-        return False, str(e).splitlines()[0] if str(e) else name
+CORAL_PCI_ID = ("0x1ac1", "0x089a")  # Global Unichip Corp. Coral Edge TPU (M.2 / Mini PCIe)
+# the Pi 5 lines (boot/firmware/config.txt) a PCIe/M.2 Coral needs, and why
+PI5_CORAL_CONFIG = {
+    "dtparam=pciex1": "enables the external PCIe connector",
+    "kernel=kernel8.img": "the apex driver needs the 4 KB-page kernel (the Pi 5 default kernel_2712 uses 16 KB)",
+    "dtoverlay=pcie-32bit-dma-pi5": "the Coral can only DMA to 32-bit addresses",
+}
+GASKET_FIX = ("build and load the gasket/apex driver: `sudo apt install dkms linux-headers-$(uname -r)` and the "
+              "gasket-dkms package (Coral apt repo; on kernels >= 6.x the maintained fork github.com/feranick/"
+              "gasket-driver), then `sudo modprobe apex` (or reboot)")
 
 
-def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str = EDGETPU_LIB) -> list[Check]:
-    """Coral USB (ids + link speed) / PCIe (/dev/apex_N) presence, and whether libedgetpu loads."""
+def scan_pci_edgetpu(root: str | Path = "/") -> list[str]:
+    """PCI addresses of Coral PCIe/M.2 Edge TPUs under root/sys/bus/pci/devices."""
+    base = _rooted(root, "sys/bus/pci/devices")
+    if not base.is_dir():
+        return []
+    return [d.name for d in sorted(base.iterdir())
+            if ((_read(d / "vendor") or "").lower(), (_read(d / "device") or "").lower()) == CORAL_PCI_ID]
+
+
+def _pi5_missing_config(root: str | Path) -> dict[str, str]:
+    text = _read(_rooted(root, "boot/firmware/config.txt")) or ""
+    lines = {ln.split("#")[0].strip() for ln in text.splitlines()}
+    return {k: why for k, why in PI5_CORAL_CONFIG.items() if k not in lines}
+
+
+def check_gasket(root: str | Path = "/", device: str | None = None) -> list[Check]:
+    """A PCIe/M.2 Coral needs the gasket + apex kernel drivers (which make /dev/apex_N); on a Pi 5 also the
+    PCIe connector, the 4 KB-page kernel and 32-bit DMA (boot/firmware/config.txt)."""
+    pci = scan_pci_edgetpu(root)
+    apex = sorted(_rooted(root, "dev").glob("apex_*"))
+    model = (_read(_rooted(root, "proc/device-tree/model")) or "").lower()
+    pi5 = "raspberry pi 5" in model
+    missing = _pi5_missing_config(root) if pi5 else {}
+    pi5_fix = "; in /boot/firmware/config.txt add " + ", ".join(f"{k} ({why})" for k, why in missing.items()) \
+        if missing else ""
+    if not pci:
+        if device and device.startswith("pci"):
+            return [Check("gasket", FAIL, f"edgetpu_device is {device} but no Coral is on the PCIe bus (no "
+                           f"{CORAL_PCI_ID[0]}:{CORAL_PCI_ID[1]} in /sys/bus/pci/devices)",
+                          ("seat the M.2/Mini PCIe card and its cable" + pi5_fix + ", then reboot") if pi5
+                          else "seat the M.2/Mini PCIe card (check `lspci -nn | grep 089a`), or use a USB Coral")]
+        return []
+    where = f"Coral PCIe/M.2 Edge TPU at {', '.join(pci)}"
+    if apex:
+        return [Check("gasket", OK, f"{where}: apex driver loaded ({', '.join(p.name for p in apex)})")]
+    loaded = _rooted(root, "sys/module/apex").is_dir()
+    if not loaded:
+        return [Check("gasket", FAIL, f"{where} but the gasket/apex kernel driver is not loaded (no /dev/apex_0)",
+                      GASKET_FIX + pi5_fix + (", then reboot" if pi5_fix else ""),
+                      data={"pci": pci, "pi5_missing": list(missing)})]
+    return [Check("gasket", FAIL, f"{where}: the apex driver is loaded but made no /dev/apex_0",
+                  "install the udev rule for /dev/apex_* (`sudo deploy/install.sh --coral`) and reboot"
+                  + pi5_fix, data={"pci": pci, "pi5_missing": list(missing)})]
+
+
+def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str | None = None,
+                  device: str | None = None) -> list[Check]:
+    """Coral USB (ids + link speed) / PCIe (/dev/apex_N, the gasket driver) presence, and whether the Edge TPU
+    delegate loads: probed in a child process, so a libedgetpu that crashes is reported, not fatal."""
+    from .runtime.edgetpu_probe import edgetpu_lib, probe_edgetpu
+
     out: list[Check] = []
     usb = scan_usb_edgetpu(root)
     apex = sorted(p.name for p in _rooted(root, "dev").glob("apex_*"))
@@ -308,8 +359,12 @@ def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str = EDG
             out.append(Check("edgetpu", OK, f"{where} on a USB 3 link ({sp:g} Mb/s)", data=dev))
     for name in apex:
         out.append(Check("edgetpu", OK, f"Coral PCIe/M.2 Edge TPU /dev/{name}", data={"device": name}))
+    gasket = check_gasket(root, device)
+    out.extend(c for c in gasket if c.status != OK)
     present = bool(usb or apex)
     if not present:
+        if gasket:
+            return out
         if required:
             out.append(Check("edgetpu", FAIL, "the model/config targets the Edge TPU but no Coral is connected "
                              "(no USB 1a6e:089a / 18d1:9302, no /dev/apex_0)",
@@ -317,13 +372,11 @@ def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str = EDG
         else:
             out.append(Check("edgetpu", SKIP, "no Coral Edge TPU found (CPU inference)"))
         return out
-    ok, err = _lib_loadable(lib)
-    if ok:
-        out.append(Check("libedgetpu", OK, f"{lib} loads"))
+    probe = probe_edgetpu(device, lib=lib or edgetpu_lib())
+    if probe.ok:
+        out.append(Check("libedgetpu", OK, probe.message(), data={"status": probe.status}))
     else:
-        out.append(Check("libedgetpu", FAIL if required or present else WARN, f"{lib} cannot be loaded ({err})",
-                         "sudo apt install libedgetpu1-std (Coral apt repo: see deploy/README.md or "
-                         "deploy/install.sh --coral), then replug the accelerator"))
+        out.append(Check("libedgetpu", FAIL, probe.message(), probe.fix(), data={"status": probe.status}))
     return out
 
 
@@ -617,7 +670,7 @@ def run_checks(config: str | Path | None = None, bundle: str | Path | None = Non
     if bundle_info and rt.status != FAIL:
         threads = cfg.model.threads if cfg else None
         checks.append(measure_invoke(bundle_info[1], threads=threads, runs=invoke_runs))
-    checks.extend(check_edgetpu(root, required=required_tpu))
+    checks.extend(check_edgetpu(root, required=required_tpu, device=cfg.model.edgetpu_device if cfg else None))
     checks.extend(check_camera(root, user=user))
 
     if cfg is not None and cfg.mqtt is not None and cfg.mqtt.password_file:

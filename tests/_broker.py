@@ -45,7 +45,7 @@ class Broker:
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "mosquitto.log"
         lines = [f"listener {self.port} 127.0.0.1", "log_dest stderr", "log_type error", "log_type warning",
-                 "log_type notice", "max_queued_messages 0", "max_inflight_messages 0"]
+                 "log_type notice", "log_type subscribe", "max_queued_messages 0", "max_inflight_messages 0"]
         if os.geteuid() == 0:  # stay root: the default drop to "mosquitto" cannot read files under pytest's tmp
             lines.append("user root")
         if users:
@@ -78,6 +78,11 @@ class Broker:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
+
+    def wait_subscribed(self, topic_filter: str, timeout: float = 30.0) -> bool:
+        """Wait until some client subscribed to ``topic_filter`` (the broker logs subscriptions): a subscriber
+        started as a subprocess is ready once this returns True, however slow the machine is."""
+        return wait(lambda: self.log.exists() and f" {topic_filter}" in self.log.read_text(errors="replace"), timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -158,9 +163,8 @@ class Collector:
 
 
 # -- daemon helpers ------------------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FACE_MODEL = SHARED / "models" / "ultralight-face" / "version-slim-320.onnx"
+from _paths import FACE_LABELS, REPO, SHARED  # noqa: E402,F401 (re-exported)
+from _paths import FACE_ONNX as FACE_MODEL  # noqa: E402,F401 (re-exported)
 
 
 def make_face_video(path: Path, frames: int = 40, size=(320, 240)) -> Path:

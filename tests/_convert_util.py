@@ -6,14 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FACE = SHARED / "models" / "ultralight-face" / "version-slim-320.onnx"
-FACE_LABELS = SHARED / "models" / "ultralight-face" / "voc-model-labels.txt"
-VOC = SHARED / "data" / "voc-sample"
-PHOTOS = SHARED / "data" / "photos"
-FACES = SHARED / "data" / "faces"
-EDGE_SSD = REPO / ".venv" / "bin" / "edge-ssd"
+from _paths import EDGE_SSD, FACE_LABELS, FACES, PHOTOS, REPO, SHARED, VOC  # noqa: F401 (re-exported)
+from _paths import FACE_ONNX as FACE
 
 
 def cli(*args, timeout=900) -> subprocess.CompletedProcess:

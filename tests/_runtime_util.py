@@ -8,14 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FACE_ONNX = SHARED / "models" / "ultralight-face" / "version-slim-320.onnx"
-FACE_LABELS = SHARED / "models" / "ultralight-face" / "voc-model-labels.txt"
-FACES = SHARED / "data" / "faces"
-PHOTOS = SHARED / "data" / "photos"
-ONNX2TF = REPO / "convert" / ".venv" / "bin" / "onnx2tf"
+from _paths import FACE_LABELS, FACE_ONNX, FACES, ONNX2TF, PHOTOS, REPO, SHARED  # noqa: F401 (re-exported)
 
 
 def face_photos() -> list[Path]:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from _broker import (
+    FACE_LABELS,
     FACE_MODEL,
     Broker,
     Collector,
@@ -38,7 +39,7 @@ def daemon_config(tmp, video, port, *, loop=True, max_fps=25.0, **mqtt_extra):
           "reconnect_max_delay": 1.0, **mqtt_extra}
     return {
         "device": "testdev",
-        "model": {"bundle": str(FACE_MODEL), "threads": 1},
+        "model": {"bundle": str(FACE_MODEL), "labels": str(FACE_LABELS), "threads": 1},
         "sources": [{"name": "cam1", "url": str(video), "score_threshold": 0.6, "loop": loop, "max_fps": max_fps,
                      "labels": {"include": ["face"]}}],
         "mqtt": mq,

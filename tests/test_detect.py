@@ -9,14 +9,14 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from _runtime_util import FACE_ONNX, FACES, face_frames, face_photos, make_face_bundle, write_video
+from _runtime_util import FACE_ONNX, FACES, face_frames, face_photos, write_video
 
 from edge_ssd.runtime import load_detector
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_face_bundle(tmp_path_factory.mktemp("face"))
+def bundle(face_bundle):
+    return face_bundle
 
 
 def edge_ssd(*args, timeout=300):

@@ -17,6 +17,7 @@ import pytest
 
 from edge_ssd import doctor
 from edge_ssd.doctor import FAIL, OK, SKIP, WARN
+from edge_ssd.runtime.edgetpu_probe import probe_edgetpu
 
 REPO = Path(__file__).resolve().parents[1]
 ONNX2TF = REPO / "convert" / ".venv" / "bin" / "onnx2tf"
@@ -185,6 +186,12 @@ def test_runtime_speed_classes():
     assert real.status == OK and real.data["runtime"] == "litert"
 
 
+def _delegate(tmp: Path) -> Path:
+    from _edgetpu_util import build_lib
+
+    return build_lib(tmp, "delegate")
+
+
 def test_edgetpu_usb_ids_and_link_speed(tmp_path):
     _usb_dev(tmp_path, "usb2", "1d6b", "0003", "5000")  # a root hub: ignored
     _usb_dev(tmp_path, "2-1", "18d1", "9302", "5000")
@@ -199,11 +206,11 @@ def test_edgetpu_usb_ids_and_link_speed(tmp_path):
     assert "USB 3 port" in tpu["1a6e:089a"].fix
     lib = [c for c in checks if c.name == "libedgetpu"]
     assert len(lib) == 1
-    # libedgetpu is really loaded with ctypes: absent on this machine -> FAIL with the apt fix
-    if not doctor._lib_loadable(doctor.EDGETPU_LIB)[0]:
-        assert lib[0].status == FAIL and "libedgetpu1-std" in lib[0].fix
-    # the same code path with a library that does load
-    ok = [c for c in doctor.check_edgetpu(tmp_path, lib="libc.so.6") if c.name == "libedgetpu"]
+    # libedgetpu is really probed (in a child process): absent on this machine -> FAIL with the install fix
+    if not probe_edgetpu().ok:
+        assert lib[0].status == FAIL and "install.sh --coral" in lib[0].fix
+    # the same code path with a delegate library that loads (a no-op TFLite delegate compiled here)
+    ok = [c for c in doctor.check_edgetpu(tmp_path, lib=str(_delegate(tmp_path))) if c.name == "libedgetpu"]
     assert ok[0].status == OK
 
 
@@ -212,14 +219,14 @@ def test_edgetpu_absent_pcie_and_required(tmp_path):
     req = doctor.check_edgetpu(tmp_path, required=True)
     assert [c.status for c in req] == [FAIL] and "1a6e:089a" in req[0].message
     _write(tmp_path / "dev/apex_0", "")
-    pcie = doctor.check_edgetpu(tmp_path, lib="libc.so.6")
+    pcie = doctor.check_edgetpu(tmp_path, lib=str(_delegate(tmp_path)))
     assert [(c.name, c.status) for c in pcie] == [("edgetpu", OK), ("libedgetpu", OK)]
     assert "apex_0" in pcie[0].message
 
 
 def test_edgetpu_unknown_speed_file(tmp_path):
     _usb_dev(tmp_path, "3-2", "18d1", "9302", None)
-    c = [c for c in doctor.check_edgetpu(tmp_path, lib="libc.so.6") if c.name == "edgetpu"][0]
+    c = [c for c in doctor.check_edgetpu(tmp_path) if c.name == "edgetpu"][0]
     assert c.status == OK and c.data["speed_mbps"] is None
 
 
@@ -418,7 +425,7 @@ def test_cli_json_all_good(tmp_path, bundle, auth_broker):
     assert by["spool"]["data"]["path"] == str(tmp_path / "spool")
     # a Coral is "plugged in" (fake sysfs) but libedgetpu is not installed here -> that one line fails
     fails = [c["name"] for c in rep["checks"] if c["status"] == FAIL]
-    expected = [] if doctor._lib_loadable(doctor.EDGETPU_LIB)[0] else ["libedgetpu"]
+    expected = [] if probe_edgetpu().ok else ["libedgetpu"]
     assert fails == expected
     assert r.returncode == (1 if fails else 0) == rep["exit_code"]
     assert rep["summary"]["fail"] == len(fails)

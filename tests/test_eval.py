@@ -450,17 +450,12 @@ def test_face_model_smoke():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FACE.is_dir() or not (SHARED / "data" / "faces").is_dir(), reason="face model missing")
-def test_bundle_via_runtime_agrees_with_onnx(tmp_path):
+def test_bundle_via_runtime_agrees_with_onnx(face_bundle):
     """The runtime path (edge_ssd.runtime.load_detector on a float TFLite bundle) scored against the ONNX
     model's own confident detections as ground truth: a faithful conversion scores mAP close to 1."""
-    from _runtime_util import make_face_bundle
-
     from edge_ssd.data import ImageFolder
 
-    try:
-        bundle = make_face_bundle(tmp_path)
-    except RuntimeError as e:
-        pytest.skip(str(e))
+    bundle = face_bundle
     onnx_pred = load_predictor(FACE / "version-slim-320.onnx", labels=FACE / "voc-model-labels.txt")
     tfl_pred = load_predictor(bundle)
     assert tfl_pred.labels == ["BACKGROUND", "face"]
@@ -472,3 +467,32 @@ def test_bundle_via_runtime_agrees_with_onnx(tmp_path):
     assert faces.num_boxes >= len(faces)
     r = evaluate(tfl_pred, faces, model_labels=tfl_pred.labels, progress=False)
     assert r["map_auc"] > 0.95 and r["per_class"]["face"]["npos"] == faces.num_boxes
+
+
+def test_resolve_labels_order_and_no_guessing(tmp_path, caplog):
+    """One function for every command: explicit, metadata, manifest, <stem>-labels.txt, <stem>.txt, else
+    class1... with one warning line; never another model's labels file."""
+    import logging
+
+    from edge_ssd.model.labels import LABELS_KEY, resolve_labels
+
+    model = tmp_path / "det.onnx"
+    (tmp_path / "labels.txt").write_text("BACKGROUND\ndog\n")
+    (tmp_path / "other-labels.txt").write_text("BACKGROUND\ncat\n")
+    with caplog.at_level(logging.WARNING, logger="edge_ssd"):
+        r = resolve_labels(model, 3)
+    assert r.names == ["BACKGROUND", "class1", "class2"] and r.source == "placeholder"
+    assert len([x for x in caplog.records if "no labels" in x.getMessage()]) == 1
+    (tmp_path / "det.txt").write_text("BACKGROUND\nb\nc\n")
+    assert resolve_labels(model, 3).names == ["BACKGROUND", "b", "c"]
+    (tmp_path / "det-labels.txt").write_text("x\ny\n")  # preferred; BACKGROUND added for a 3-class model
+    r = resolve_labels(model, 3)
+    assert r.names == ["BACKGROUND", "x", "y"] and r.source == "beside"
+    assert resolve_labels(model, 3, manifest=["BACKGROUND", "m1", "m2"]).source == "manifest"
+    meta = {LABELS_KEY: json.dumps(["BACKGROUND", "k1", "k2"])}
+    assert resolve_labels(model, 3, metadata=meta, manifest=["BACKGROUND", "m1", "m2"]).names[1] == "k1"
+    assert resolve_labels(model, 3, explicit=tmp_path / "det.txt", metadata=meta).names[1] == "b"
+    with pytest.raises(UserError, match="3 classes but 4 labels"):
+        resolve_labels(model, 3, explicit=["BACKGROUND", "a", "b", "c"])
+    with pytest.raises(UserError, match="not a JSON list"):
+        resolve_labels(model, 3, metadata={LABELS_KEY: "nope"})

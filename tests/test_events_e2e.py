@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from _broker import (
+    FACE_LABELS,
     FACE_MODEL,
     Broker,
     Collector,
@@ -28,12 +29,15 @@ def video(tmp_path_factory):
     return make_face_video(tmp_path_factory.mktemp("video") / "faces.avi", frames=40)
 
 
-def _config(tmp, video, port, *, detections="all", min_score=0.7, min_area=0.0005):
+def _config(tmp, video, port, *, detections="all", min_score=0.7, min_area=0.0005, unknown_filter=False):
+    filters = {"face": {"min_score": min_score, "min_area": min_area}}
+    if unknown_filter:
+        filters["elephant"] = {"min_score": 0.9}
     return {
         "device": "evdev",
-        "model": {"bundle": str(FACE_MODEL), "threads": 1},
+        "model": {"bundle": str(FACE_MODEL), "labels": str(FACE_LABELS), "threads": 1},
         "sources": [{"name": "cam1", "url": str(video), "score_threshold": 0.5,
-                     "filters": {"face": {"min_score": min_score, "min_area": min_area}},
+                     "filters": filters,
                      "zones": [{"name": "left", "polygon": LEFT}]}],
         "mqtt": {"host": "127.0.0.1", "port": port, "detections": detections},
         "tracking": {"confirm_frames": 2, "end_frames": 3, "end_seconds": 60},
@@ -104,7 +108,8 @@ def test_events_counts_zones_filters_from_a_real_daemon(tmp_path, video):
 def test_detections_on_change_and_ids_across_restarts(tmp_path, video):
     with Broker(tmp_path / "broker") as b:
         col = Collector(b.port, ["edge-ssd/evdev/cam1/detections", "edge-ssd/evdev/events"]).start()
-        _run_to_end(tmp_path, video, b.port, detections="change")
+        cfg = _run_to_end(tmp_path, video, b.port, detections="change", unknown_filter=True)
+        assert "filters/zones name label(s) the model does not know: elephant" in stderr_of(cfg)
         first = len(col.on("/detections"))
         produced = read_jsonl(tmp_path / "produced.jsonl")
         _run_to_end(tmp_path, video, b.port, detections=0.25)

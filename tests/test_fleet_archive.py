@@ -141,3 +141,29 @@ def test_cli_errors_are_one_line(bundle, tmp_path):
     assert r.returncode == 0 and "signature OK" in r.stdout
     r = cli("push-bundle", bundle, "--serve", "--version", "a b", "--port", "1")
     assert r.returncode == 2 and "--version" in r.stderr
+
+
+def test_rollout_commands_precedence_redelivery_and_bridge_echo(tmp_path):
+    """The device's own command wins over the fleet-wide one; a retained re-delivery of a failed bundle is not
+    retried, a live re-publish is, and the same live command twice within the echo window counts once."""
+    from edge_ssd.fleet.device import Rollout
+
+    r = Rollout(tmp_path / "store", None, "configured.bundle")  # worker thread not started: _next() by hand
+    cmd = lambda v, c: json.dumps({"url": "http://h/b.tar", "sha256": c * 64, "version": v}).encode()  # noqa: E731
+    r.on_command("all")("p/all/model/set", cmd("1", "a"), True)
+    assert r._next().version == "1"
+    r.on_command("device")("p/d/model/set", cmd("2", "b"), True)
+    assert r._next().version == "2"  # the device's own topic wins
+    r.store.mark_failed("b" * 64, "rolled back")
+    r.on_command("device")("p/d/model/set", cmd("2", "b"), True)  # re-delivered (reconnect)
+    assert r._next() is None
+    r.on_command("device")("p/d/model/set", cmd("2", "b"), False)  # pushed again
+    assert r._next().version == "2"
+    r.on_command("device")("p/d/model/set", cmd("2", "b"), False)  # the bridge's echo of that push
+    assert r._next() is None
+    r.on_command("device")("p/d/model/set", b"", True)  # cleared: the fleet-wide command applies again
+    assert r._next().version == "1"
+    assert [m["state"] for m in r.take_reports()] == []
+    r.on_command("device")("p/d/model/set", b"{bad", False)
+    (rep,) = r.take_reports()
+    assert rep["state"] == "failed" and "not JSON" in rep["reason"]

@@ -122,10 +122,10 @@ def test_publisher_removes_a_dropped_source_and_migrates_legacy_topics(tmp_path)
         assert second.wait_connected(10)
         assert _wait(lambda: col.on(legacy)[-1:] == [b""], 10)
         seq = [(t, p) for t, p, _ in col.messages if t in (topic, legacy)][2:]  # after the first run's
-        # migrate first, then the device message (once, held until the retained ones were read), then clear
+        # migrate first, then clear, then the device message (once: held until the retained ones were read)
         kinds = [("migrate" if p.startswith(b'{"migrate') else "clear" if not p else "device") for t, p in seq]
-        assert kinds == ["migrate", "device", "clear"], kinds
-        msg = json.loads(seq[1][1])
+        assert kinds == ["migrate", "clear", "device"], kinds
+        msg = json.loads(seq[2][1])
         assert {k for k, v in msg["cmps"].items() if v.keys() == {"p"}} == {
             k for k in json.loads(col.on(topic)[0])["cmps"] if k.startswith("door_")}
         second.stop(2)
@@ -156,3 +156,31 @@ def test_ha_remove_clears_discovery_and_retained_state(tmp_path):
         write_config(conf, {**cfg, "mqtt": {"host": "127.0.0.1", "port": 1}})
         r = subprocess.run(ha, capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and "cannot connect" in r.stderr and "Traceback" not in r.stderr
+
+
+def _stage(root, config: str):
+    """A staged install: a venv with an edge-ssd entry point and /etc/edge-ssd/config.yaml."""
+    venv = root / "opt/edge-ssd/venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("")
+    (venv / "bin/edge-ssd").write_text("#!/bin/sh\n")
+    (venv / "bin/edge-ssd").chmod(0o755)
+    conf = root / "etc/edge-ssd/config.yaml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(config)
+
+
+def test_uninstall_removes_the_device_from_home_assistant(tmp_path):
+    """deploy/install.sh --uninstall runs 'edge-ssd ha remove' while the venv is still there (in a --root stage
+    it is printed, not run: it talks to the live broker); a config without mqtt skips it."""
+    root = tmp_path / "root"
+    script = [str(REPO / "deploy" / "install.sh"), "--root", str(root), "--uninstall"]
+    _stage(root, "device: d\nmqtt:\n  host: broker\n")
+    r = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    step = [ln for ln in r.stdout.splitlines() if "remove the device from Home Assistant" in ln]
+    assert step and "/opt/edge-ssd/venv/bin/edge-ssd ha remove --config /etc/edge-ssd/config.yaml" in step[0]
+    assert r.stdout.index("Home Assistant") < r.stdout.index("remove /opt/edge-ssd/venv")  # before the venv goes
+    _stage(root, "device: d\n")
+    r = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert "no mqtt section" in r.stdout and "ha remove" not in r.stdout

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from _runtime_util import FACES, MJPEGServer, decode_video, face_frames, make_face_bundle, write_video
+from _runtime_util import FACES, MJPEGServer, decode_video, face_frames, write_video
 
 from edge_ssd.capture import Backoff, Source, open_source
 from edge_ssd.errors import UserError
@@ -15,8 +15,8 @@ from edge_ssd.runtime import Pipeline, SourceConfig, load_detector
 
 
 @pytest.fixture(scope="module")
-def det(tmp_path_factory):
-    return load_detector(make_face_bundle(tmp_path_factory.mktemp("face")), score_threshold=0.6)
+def det(face_bundle):
+    return load_detector(face_bundle, score_threshold=0.6)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def test_video_detections_equal_per_frame_detect(det, video):
     sink = Collect()
     st = Pipeline(det, [SourceConfig(str(video), name="vid")], [sink], process_all=True).run_until_done(120)
     frames = decode_video(video)
-    assert st["processed"] == st["frames_in"] == len(frames) == 16
-    assert st["dropped_total"] == 0 and st["sources"]["vid"]["status"] == "ended"
+    assert st.processed == st.frames_in == len(frames) == 16
+    assert st.dropped_total == 0 and st.sources["vid"].status == "ended"
     assert [r.frame for r in sink.results] == list(range(16))
     n = 0
     for r, f in zip(sink.results, frames, strict=True):
@@ -55,8 +55,8 @@ def test_video_detections_equal_per_frame_detect(det, video):
         _same(r.detections, det.detect(f))
         n += len(r.detections)
     assert n > 0
-    assert st["inference_ms"]["p50"] > 0 and st["latency_ms"]["p95"] >= st["latency_ms"]["p50"]
-    assert st["backend"] == "litert"
+    assert st.inference_ms.p50 > 0 and st.latency_ms.p95 >= st.latency_ms.p50
+    assert st.backend == "litert"
 
 
 def test_multiple_sources_thresholds_and_label_filter(det, video):
@@ -65,7 +65,7 @@ def test_multiple_sources_thresholds_and_label_filter(det, video):
                        SourceConfig(str(FACES), name="hi", score_threshold=0.95),
                        SourceConfig(str(FACES), name="none", labels=["BACKGROUND"])], [sink], process_all=True)
     st = p.run_until_done(120)
-    assert st["processed"] == 12 and set(st["sources"]) == {"lo", "hi", "none"}
+    assert st.processed == 12 and set(st.sources) == {"lo", "hi", "none"}
     by = {s: [r for r in sink.results if r.source == s] for s in ("lo", "hi", "none")}
     assert all(len(v) == 4 for v in by.values())
     for lo, hi, no in zip(by["lo"], by["hi"], by["none"], strict=True):
@@ -101,7 +101,7 @@ def test_failing_sink_is_counted_not_fatal(det, video):
     boom, ok = Boom(), Collect()
     st = Pipeline(det, [str(video)], [boom, ok], process_all=True).run_until_done(120)
     assert boom.calls == 16 and len(ok.results) == 16
-    assert st["sink_errors"] == {"boom": 8}
+    assert st.sink_errors == {"boom": 8}
     assert boom.closed
 
 
@@ -117,10 +117,10 @@ def test_corrupt_inputs_do_not_stop_the_pipeline(det, video, tmp_path):
     sink = Collect()
     st = Pipeline(det, [SourceConfig(str(imgs), name="imgs"), SourceConfig(str(cut), name="cut")], [sink],
                   process_all=True).run_until_done(120)
-    assert st["sources"]["imgs"]["processed"] == 4
-    assert st["dropped"]["corrupt"] >= 1
-    assert 0 < st["sources"]["cut"]["processed"] < 16
-    assert st["sources"]["cut"]["status"] == "ended"
+    assert st.sources["imgs"].processed == 4
+    assert st.dropped["corrupt"] >= 1
+    assert 0 < st.sources["cut"].processed < 16
+    assert st.sources["cut"].status == "ended"
 
 
 class Fast(Source):
@@ -156,12 +156,12 @@ def test_live_mode_drops_instead_of_queueing_and_stops_cleanly(det):
     assert lp > t_start  # every stage beat while running
     st = p.stats()
     p.stop()
-    assert st["processed"] > 5
-    assert st["dropped"].get("stale", 0) + st["dropped"].get("queue", 0) > 0
+    assert st.processed > 5
+    assert st.dropped.get("stale", 0) + st.dropped.get("queue", 0) > 0
     # frames never pile up: latency stays bounded by a few frames, not the run time
-    assert st["latency_ms"]["p50"] < 900
+    assert st.latency_ms.p50 < 900
     assert set(threading.enumerate()) - before == set()
-    assert st["sources"]["cam"]["status"] in ("ok", "ended")
+    assert st.sources["cam"].status in ("ok", "ended")
 
 
 def test_max_fps_caps_a_source(det):
@@ -172,8 +172,8 @@ def test_max_fps_caps_a_source(det):
     time.sleep(1.2)
     p.stop()
     st = p.stats()
-    assert 2 <= st["processed"] <= 8
-    assert st["dropped"]["rate"] > 20
+    assert 2 <= st.processed <= 8
+    assert st.dropped["rate"] > 20
 
 
 class Stuck(Collect):
@@ -217,9 +217,9 @@ def test_stream_source_reconnects_inside_the_pipeline(det):
         assert len(sink.results) >= 3
         srv.stop()
         t_end = time.monotonic() + 10
-        while p.stats()["sources"]["ipcam"]["status"] != "reconnecting" and time.monotonic() < t_end:
+        while p.stats().sources["ipcam"].status != "reconnecting" and time.monotonic() < t_end:
             time.sleep(0.05)
-        assert p.stats()["sources"]["ipcam"]["status"] == "reconnecting"
+        assert p.stats().sources["ipcam"].status == "reconnecting"
         lp = p.last_progress
         time.sleep(0.6)
         assert p.last_progress > lp  # a camera outage is not a stuck pipeline
@@ -229,8 +229,8 @@ def test_stream_source_reconnects_inside_the_pipeline(det):
         while len(sink.results) <= n + 2 and time.monotonic() < t_end:
             time.sleep(0.05)
         assert len(sink.results) > n + 2
-        st = p.stats()["sources"]["ipcam"]
-        assert st["status"] == "ok" and st["reconnects"] >= 1 and st["errors"] >= 1
+        st = p.stats().sources["ipcam"]
+        assert st.status == "ok" and st.reconnects >= 1 and st.errors >= 1
     finally:
         p.stop()
         srv.stop()

@@ -27,8 +27,10 @@ MAPPED = {
     r"edge-ssd doctor --config": "tests/test_doctor.py::test_cli_json_all_good",
     r"^mosquitto_sub ": "tests/test_daemon_e2e.py::test_detections_arrive_exactly_as_produced_with_notify",
     r"edge-ssd watch ": "tests/test_watch.py::test_watch_once",
+    r"edge-ssd convert .* --postprocess-model": "tests/test_postprocess_model.py::test_face_file_as_consumers_see_it",
     r"edge-ssd keygen ": "tests/test_fleet_archive.py::test_cli_errors_are_one_line",
     r"edge-ssd push-bundle ": "tests/test_rollout.py::test_push_bundle_cli_rolls_out_to_three_daemons",
+    r"bench/fleet_load\.py ": "tests/test_fleet_load.py::test_short_fleet_load_loses_nothing",
 }
 
 

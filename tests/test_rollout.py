@@ -1,5 +1,5 @@
 """Bundle roll-out end to end: real Mosquitto, real daemon subprocesses running the face model on a video, a real
-HTTP server on 127.0.0.1 (edge_ssd.fleet.serve), a real float32 face bundle made with onnx2tf once per module."""
+HTTP server on 127.0.0.1 (edge_ssd.fleet.serve), the real float32 face bundle (onnx2tf, once per session)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from _broker import (
+    FACE_LABELS,
     FACE_MODEL,
     REPO,
     Broker,
@@ -49,18 +50,23 @@ def video(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from _runtime_util import ONNX2TF, make_face_bundle
-
-    if not ONNX2TF.exists():
-        pytest.skip("convert/.venv missing (scripts/setup.sh)")
-    return make_face_bundle(tmp_path_factory.mktemp("bundle"))
+def bundle(face_bundle):
+    """The session's float32 face bundle (conftest); tests copy it before changing anything."""
+    return face_bundle
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
     return keygen(d, "good"), keygen(d, "other")
+
+
+def schema(name: str):
+    """A validator for docs/schemas/<name>.schema.json."""
+    jsonschema = pytest.importorskip("jsonschema")
+    s = json.loads((REPO / "docs" / "schemas" / f"{name}.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(s)
+    return jsonschema.Draft202012Validator(s)
 
 
 def copy_bundle(src: Path, dst: Path, **post) -> Path:
@@ -76,7 +82,7 @@ def daemon_conf(tmp: Path, name: str, video: Path, port: int, public_key: Path |
     d.mkdir()
     conf = {
         "device": name,
-        "model": {"bundle": str(FACE_MODEL), "threads": 1},
+        "model": {"bundle": str(FACE_MODEL), "labels": str(FACE_LABELS), "threads": 1},
         "sources": [{"name": "cam", "url": str(video), "score_threshold": 0.6, "loop": True, "max_fps": 5}],
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 5, "reconnect_min_delay": 0.2,
                  "reconnect_max_delay": 1.0},
@@ -128,9 +134,10 @@ def test_push_bundle_cli_rolls_out_to_three_daemons(tmp_path, video, bundle, key
     """push-bundle --serve --key: three daemons (each with the public key) download, verify and switch; the
     retained state says active; a restarted daemon starts on the rolled-out bundle."""
     (priv, pub), _ = keys
+    state_schema, set_schema = schema("model-state"), schema("model-set")
     new = copy_bundle(bundle, tmp_path / "v2.bundle", score_threshold=0.65)
     with Broker(tmp_path / "broker") as b:
-        col = Collector(b.port, ["edge-ssd/+/model/state"]).start()
+        col = Collector(b.port, ["edge-ssd/+/model/state", "edge-ssd/all/model/set"]).start()
         cfgs = [daemon_conf(tmp_path, f"dev{i}", video, b.port, pub) for i in range(3)]
         procs = [start_daemon(c) for c in cfgs]
         try:
@@ -140,6 +147,8 @@ def test_push_bundle_cli_rolls_out_to_three_daemons(tmp_path, video, bundle, key
                                 "--timeout", "150"], capture_output=True, text=True, timeout=200)
             assert r.returncode == 0, r.stdout + r.stderr + stderr_of(cfgs[0])
             assert r.stdout.count(": active v2") == 3
+            (command,) = col.json("edge-ssd/all/model/set")
+            set_schema.validate(command)
             sha = store_state(cfgs[0])["active"]["sha256"]
             for c in cfgs:
                 name = f"v2-{sha[:12]}"
@@ -147,6 +156,8 @@ def test_push_bundle_cli_rolls_out_to_three_daemons(tmp_path, video, bundle, key
                 st = store_state(c)
                 assert st["active"]["version"] == "v2" and st["active"]["sha256"] == sha
                 assert (c.parent / "bundles" / f"{name}.bundle" / "manifest.sig").is_file()
+                for s in states(col, c.parent.name):  # every report matches docs/schemas/model-state
+                    state_schema.validate(s)
                 seen = [s["state"] for s in states(col, c.parent.name)]
                 assert seen[-1] == "active" and "downloading" in seen and "verifying" in seen
                 # the switch is clean: the old model, then only the new one
@@ -215,6 +226,8 @@ def test_corrupted_download_and_wrong_signature_are_never_applied(tmp_path, vide
     assert "active" not in store_state(cfg)
     assert not list((cfg.parent / "bundles").glob("*.bundle"))
     assert all(s["state"] != "active" for s in states(col, "dev"))
+    for s in states(col, "dev"):
+        schema("model-state").validate(s)
 
 
 def test_bundle_failing_its_first_frames_is_rolled_back(tmp_path, video, bundle):

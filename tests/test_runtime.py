@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import cv2
 import numpy as np
 import pytest
-from _runtime_util import FACE_LABELS, FACE_ONNX, face_photos, make_face_bundle
+from _runtime_util import FACE_LABELS, FACE_ONNX
 
 from edge_ssd.errors import DependencyError, UserError
 from edge_ssd.model.preprocess import apply_lut, input_lut, preprocess, resize_rgb
 from edge_ssd.runtime.backends import TensorInfo, available_backends, dequantize, open_backend
 from edge_ssd.runtime.detector import Detector, InputConfig, PostprocessConfig, load_detector
-
-
-@pytest.fixture(scope="module")
-def face_bundle(tmp_path_factory):
-    return make_face_bundle(tmp_path_factory.mktemp("face"))
-
-
-@pytest.fixture(scope="module")
-def photos():
-    return [cv2.imread(str(p)) for p in face_photos()]
 
 
 def test_backend_selection_is_announced(face_bundle, caplog):
@@ -204,11 +193,8 @@ def test_threshold_override_and_split_stages(face_bundle, photos):
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(tmp_path_factory):
-    pytest.importorskip("edge_ssd.convert.api")
-    from _runtime_util import make_face_int8_bundle
-
-    return make_face_int8_bundle(tmp_path_factory.mktemp("face8"))
+def int8_bundle(face_int8_bundle):
+    return face_int8_bundle
 
 
 def test_int8_bundle_quantised_io_and_agreement(int8_bundle, photos):

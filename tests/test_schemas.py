@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import yaml
 from _broker import (
+    FACE_LABELS,
     FACE_MODEL,
     REPO,
     Broker,
@@ -43,7 +44,7 @@ def _config_schema():
 def _daemon_config(tmp, video, port):
     return {
         "device": "schemadev",
-        "model": {"bundle": str(FACE_MODEL), "threads": 1},
+        "model": {"bundle": str(FACE_MODEL), "labels": str(FACE_LABELS), "threads": 1},
         "sources": [{"name": "cam1", "url": str(video), "score_threshold": 0.6, "loop": True, "max_fps": 25.0,
                      "filters": {"face": {"min_score": 0.7, "min_area": 0.0005}},
                      "zones": [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}]}],

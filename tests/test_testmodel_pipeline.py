@@ -23,16 +23,8 @@ class Collect:
 
 
 @pytest.fixture(scope="module")
-def testmodel_bundle(tmp_path_factory):
-    from edge_ssd.convert.api import convert_model
-    from edge_ssd.train.testmodel import get_test_model
-
-    tm = get_test_model(progress=False)
-    out = tmp_path_factory.mktemp("tm") / "tm-int8.bundle"
-    r = convert_model(tm.onnx_path, out, calib=[tm.dataset_dir], calib_split="train", val=[tm.dataset_dir],
-                      val_split="test", labels=list(tm.labels), progress=False)
-    assert r.ok
-    return tm, out
+def testmodel_bundle(test_model, test_model_int8_bundle):
+    return test_model, test_model_int8_bundle
 
 
 def test_int8_bundle_on_a_generated_video(testmodel_bundle, tmp_path):
@@ -46,7 +38,7 @@ def test_int8_bundle_on_a_generated_video(testmodel_bundle, tmp_path):
     sink = Collect()
     st = Pipeline(det, [SourceConfig(str(video), name="shapes")], [sink], process_all=True).run_until_done(300)
     frames = decode_video(video)
-    assert st["processed"] == len(frames) == 24 and st["dropped_total"] == 0
+    assert st.processed == len(frames) == 24 and st.dropped_total == 0
     # the pipeline (threads, preallocated buffers, per-head outputs concatenated) == detect() frame by frame
     for r, f in zip(sink.results, frames, strict=True):
         d = det.detect(f)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ def test_watch_once(tmp_path, as_json):
     with Broker(tmp_path / "b", persistence=False) as b:
         args = [EXE, "watch", "--port", str(b.port), "--device", "d1", "--once", "2", "--timeout", "20"]
         w = subprocess.Popen(args + (["--json"] if as_json else []), stdout=subprocess.PIPE, text=True)
-        time.sleep(1.5)  # let it subscribe
+        assert b.wait_subscribed("edge-ssd/d1/#"), "watch did not subscribe"
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         c.connect("127.0.0.1", b.port)
         c.loop_start()

@@ -44,7 +44,7 @@ STATUSES = ("connecting", "ok", "reconnecting", "ended", "failed")
 class Frame:
     """One captured frame. Unpacks as ``image, ts, index``."""
 
-    image: np.ndarray  # HxWx3 uint8 BGR
+    image: np.ndarray | None  # HxWx3 uint8 BGR (the pipeline lets go of it once preprocessed)
     ts: float  # capture time, unix seconds
     index: int  # frame number within the source, from 0
     path: str | None = None  # file name for image sources

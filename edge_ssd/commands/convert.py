@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--calibration", choices=["minmax", "percentile"], default=None,
                    help="activation ranges: min-max over the calibration images, or the --percentile of their "
                         "values (default: minmax, and auto also tries percentile)")
-    p.add_argument("--percentile", type=float, default=99.99, help="percentile for --calibration percentile")
+    p.add_argument("--percentile", type=float, default=99.999, help="percentile for --calibration percentile")
     p.add_argument("--backend", choices=["flatbuffer_direct", "tf_converter"], default="flatbuffer_direct",
                    help="onnx2tf backend: flatbuffer_direct (default, no TensorFlow) or tf_converter (needs "
                         "convert/.venv-tf from `scripts/setup.sh --with-tf`, 2.7 GB)")
@@ -56,6 +56,12 @@ def register(subparsers) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5, help="score threshold for agreement and manifest")
     p.add_argument("--min-agreement", type=float, default=0.9,
                    help="minimum int8-vs-fp32 detection F1 (default 0.9); below it exit 4")
+    p.add_argument("--postprocess-model", action="store_true",
+                   help="also write model_postprocess.tflite + labelmap.txt: the int8 body ending in TFLite's "
+                        "TFLite_Detection_PostProcess op (uint8 RGB in; boxes, classes, scores, count out), the "
+                        "format Frigate, pycoral and picamera2 read; validated as they read it")
+    p.add_argument("--allow-cpu-ops", action="store_true",
+                   help="--target edgetpu: accept a model whose body the Edge TPU compiler leaves partly on the CPU")
     p.add_argument("--force", action="store_true",
                    help="allow < 10 calibration images, too few to hold out validation images, a non-empty output "
                         "dir")
@@ -76,7 +82,8 @@ def run(args) -> int:
                       force=args.force, progress=not args.no_progress, mean=args.mean, std=args.std,
                       input_shape=args.input_shape, calib_split=args.calib_split, val_split=args.val_split,
                       score_threshold=args.score_threshold, backend=args.backend, calibration=args.calibration,
-                      percentile=args.percentile)
+                      percentile=args.percentile, postprocess_model=args.postprocess_model,
+                      allow_cpu_ops=args.allow_cpu_ops)
     print(format_markdown(r.report))
     print(f"bundle: {r.bundle_dir}")
     if not r.ok:

@@ -65,9 +65,9 @@ def write_demo_config(path: Path, bundle: Path, video: Path, out: Path, mqtt_hos
 
 def annotate_video(bundle: Path, video: Path, out_dir: Path, fps: float) -> Path:
     from ..capture.factory import open_source
+    from ..publish.annotate import SaveSink
     from ..runtime.detector import load_detector
     from ..runtime.pipeline import Pipeline, SourceConfig
-    from .detect import SaveSink
 
     det = load_detector(bundle)
     name = f"{video.stem}_detections.avi"

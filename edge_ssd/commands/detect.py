@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..runtime.backends import BACKEND_CHOICES
 from . import _args as A
-
-BACKEND_CHOICES = ("auto", "litert", "tflite_runtime", "tensorflow", "edgetpu", "onnxruntime")
 
 
 def register(subparsers) -> None:
@@ -17,7 +16,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input", metavar="INPUT", help="image, folder, video, camera index, picamera2 or URL")
     p.add_argument("--model", "-m", required=True, help="bundle directory, .onnx or .tflite model")
-    p.add_argument("--labels", help="labels file (one per line) when the model has none")
+    p.add_argument("--labels", help="labels file, one name per line (default: the model's metadata, the bundle's "
+                                    "manifest, or <model>-labels.txt / <model>.txt beside it; else class1... "
+                                    "with a warning)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per frame (boxes in pixels of the original frame)")
     p.add_argument("--save", metavar="DIR", help="write annotated images (or an annotated video) into DIR")
@@ -28,84 +29,6 @@ def register(subparsers) -> None:
                    help="stop after this many frames (cameras and streams run until Ctrl-C otherwise)")
     p.set_defaults(func=run)
 
-
-class _StreamSink:
-    """Writes lines to a stream; a closed pipe (``| head``) ends the run instead of raising per frame."""
-
-    def __init__(self, out):
-        self.out = out
-        self.broken = False
-
-    def write(self, line: str) -> None:
-        if self.broken:
-            return
-        try:
-            self.out.write(line)
-            self.out.flush()
-        except BrokenPipeError:
-            self.broken = True
-
-
-class JsonSink(_StreamSink):
-    def handle(self, r) -> None:
-        import json
-
-        obj = {"source": r.source, "frame": r.frame, "width": r.width, "height": r.height,
-               "objects": [{"label": o["label"], "class_id": o["class_id"], "score": o["score"], "box": o["box_px"]}
-                           for o in r.objects()]}
-        path = getattr(r, "path", None)
-        if path:
-            obj["file"] = path
-        self.write(json.dumps(obj) + "\n")
-
-
-class TextSink(_StreamSink):
-    def handle(self, r) -> None:
-        objs = r.objects()
-        where = getattr(r, "path", None) or f"{r.source} frame {r.frame}"
-        parts = [f"{o['label']} {o['score']:.2f} [{', '.join(f'{v:.0f}' for v in o['box_px'])}]" for o in objs]
-        self.write(f"{where}: {len(objs)} object(s)" + (": " + "; ".join(parts) if parts else "") + "\n")
-
-
-class SaveSink:
-    """Annotated images into a folder, or one annotated video (MJPG .avi) for video input."""
-
-    wants_image = True
-
-    def __init__(self, out_dir, video_name: str | None = None, fps: float = 25.0):
-        from pathlib import Path
-
-        self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.video_name = video_name
-        self.fps = fps
-        self.writer = None
-        self.written = 0
-
-    def handle(self, r) -> None:
-        from pathlib import Path
-
-        import cv2
-
-        from ..runtime.draw import draw_detections
-
-        img = draw_detections(r.image, r.detections, r.labels, copy=False)
-        if self.video_name:
-            if self.writer is None:
-                path = self.dir / self.video_name
-                self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps,
-                                              (r.width, r.height))
-            self.writer.write(img)
-        else:
-            src = getattr(r, "path", None)
-            name = f"{Path(src).stem}.jpg" if src else f"{_safe(r.source)}_{r.frame:06d}.jpg"
-            cv2.imwrite(str(self.dir / name), img)
-        self.written += 1
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
 
 
 class FirstN:
@@ -134,12 +57,6 @@ class FirstN:
                 s.close()
 
 
-def _safe(s: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "frame"
-
-
 def run(args) -> int:
     import logging
     import sys
@@ -147,6 +64,8 @@ def run(args) -> int:
 
     from ..capture.factory import open_source, source_kind
     from ..errors import UserError
+    from ..publish.annotate import SaveSink
+    from ..publish.console import JsonSink, TextSink
     from ..redact import mask
     from ..runtime.detector import load_detector
     from ..runtime.pipeline import Pipeline, SourceConfig
@@ -191,14 +110,14 @@ def run(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     st = pipe.stats()
-    if src.status == "failed" and st["processed"] == 0:
+    if src.status == "failed" and st.processed == 0:
         raise UserError(f"source {shown} failed: {mask(src.error)}; check the camera/stream and try again")
-    bad = st["dropped"].get("corrupt", 0)
-    if bad and st["processed"] == 0:
+    bad = st.dropped.get("corrupt", 0)
+    if bad and st.processed == 0:
         raise UserError(f"{shown}: nothing could be decoded ({bad} file(s)/frame(s) empty, truncated or not an "
                         "image); replace them with readable JPEG/PNG files or a playable video")
     if bad:
         log.warning("%d frame(s) could not be decoded and were skipped", bad)
-    log.info("%d frame(s) processed, inference p50 %s ms, backend %s", st["processed"],
-             st["inference_ms"]["p50"], st["backend"])
+    log.info("%d frame(s) processed, inference p50 %s ms, backend %s", st.processed, st.inference_ms.p50,
+             st.backend)
     return 0

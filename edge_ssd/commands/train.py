@@ -62,7 +62,8 @@ def register(subparsers) -> None:
     _flag(p, "--no-channel-swap", action="store_true", help="no random RGB channel permutation in augmentation")
     _flag(p, "--max-steps", type=A.positive_int, help="stop after this many optimiser steps")
     _flag(p, "--test-model", action="store_true",
-          help="build (or find in the cache) the synthetic test model and print where it is")
+          help="export (or find in the cache) the shipped synthetic test model and print where it is "
+               "(the same as `edge-ssd testmodel`)")
     _flag(p, "--cache-dir", help="cache for --test-model (default $EDGE_SSD_CACHE or ~/.cache/edge-ssd)")
     A.add_no_progress(p)
     p.set_defaults(func=run)

@@ -112,8 +112,11 @@ def run(args) -> int:
         if args.json:
             try:
                 payload = json.loads(msg.payload)
-            except ValueError:
-                payload = {"bytes": len(msg.payload)}
+            except ValueError:  # plain text ("online") as a string, binary (snapshots) as its size
+                try:
+                    payload = msg.payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    payload = {"bytes": len(msg.payload)}
             if is_det or not args.once:
                 print(json.dumps({"topic": msg.topic, "retain": bool(msg.retain), "payload": payload}), flush=True)
         if not is_det:

@@ -6,8 +6,9 @@ written as a bundle first and then validated as the device runs it: loaded by ``
 (the daemon's preprocessing, backend, head concatenation, dequantisation, decode and NMS) and compared with the
 source ONNX in ONNX Runtime (the runtime's ``.onnx`` loader) on held-out images: ``--val``, or a seeded 25% of
 ``--calib`` never used for calibration. The cut itself is proved the same way (the float body as a bundle must
-reproduce the source to 1e-4). ``--quant auto`` keeps the best attempt on those held-out images (int8 mAP when
-they have ground truth, else detection F1). Agreement below ``min_agreement`` gives ``ok=False`` (the CLI exits
+reproduce the source to 1e-4). ``--quant auto`` keeps the best attempt on those held-out images: the highest
+detection F1 among the attempts within 1 mAP point of fp32 when they have ground truth (else the smallest mAP
+drop), the highest F1 without ground truth. Agreement below ``min_agreement`` gives ``ok=False`` (the CLI exits
 4) while keeping the artefacts.
 """
 
@@ -32,6 +33,7 @@ from ..model.preprocess import Normalization
 log = logging.getLogger(__name__)
 
 EXIT_LOW_AGREEMENT = 4
+MAX_MAP_DROP = 1.0  # mAP points (VOC07) an attempt may lose against fp32 and still be chosen by F1
 # Ops the Edge TPU compiler maps (coral.ai/docs/edgetpu/models-intro#supported-operations)
 EDGETPU_OPS = {
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXP", "FULLY_CONNECTED",
@@ -41,6 +43,11 @@ EDGETPU_OPS = {
     "SPACE_TO_DEPTH", "SPLIT", "SQUARED_DIFFERENCE", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "TANH",
     "TRANSPOSE", "TRANSPOSE_CONV", "LEAKY_RELU",
 }
+
+
+# written only with --postprocess-model / --target edgetpu: removed first so no stale file outlives a re-conversion
+_OPTIONAL_FILES = ("model_postprocess.tflite", "labelmap.txt", "model_edgetpu.tflite",
+                   "model_postprocess_edgetpu.tflite")
 
 
 @dataclass
@@ -62,7 +69,7 @@ def _prepare_out(out_dir: Path, force: bool) -> None:
             raise UserError(f"output directory {out_dir} is not empty and not a bundle; choose another -o or pass "
                             "--force")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("model.tflite", "manifest.json", "report.json", "report.md", "report.png"):
+    for name in ("model.tflite", "manifest.json", "report.json", "report.md", "report.png", *_OPTIONAL_FILES):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -116,29 +123,11 @@ def _spec(d) -> dict:
     return {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": dt, "quant": q}
 
 
-def _edgetpu(tflite: Path, ops: list[str], bundle_dir: Path) -> dict:
-    res = {"unsupported_ops": sorted(set(ops) - EDGETPU_OPS)}
-    exe = shutil.which("edgetpu_compiler")
-    if exe is None:
-        res["compiler"] = None
-        res["note"] = ("edgetpu_compiler not found: on an x86-64 Debian/Ubuntu host install it (apt-get install "
-                       "edgetpu-compiler from packages.cloud.google.com/apt coral-edgetpu-stable) and run "
-                       f"`edgetpu_compiler -s -o {bundle_dir} {bundle_dir / 'model.tflite'}`, then point the "
-                       "manifest's model_file at model_edgetpu.tflite")
-        return res
-    import subprocess
+def _edgetpu(tflite: Path, ops: list[str], bundle_dir: Path, allow_cpu_ops: bool = False) -> dict:
+    from .edgetpu import compile_for_edgetpu
 
-    r = subprocess.run([exe, "-s", "-o", str(bundle_dir), str(tflite)], capture_output=True, text=True)
-    res["compiler"] = exe
-    res["returncode"] = r.returncode
-    text = r.stdout + r.stderr
-    (bundle_dir / "edgetpu_compiler.log").write_text(text)
-    import re
-
-    m = re.search(r"Number of operations that will run on Edge TPU:\s*(\d+)", text)
-    m2 = re.search(r"Number of operations that will run on CPU:\s*(\d+)", text)
-    res["ops_on_tpu"] = int(m.group(1)) if m else None
-    res["ops_on_cpu"] = int(m2.group(1)) if m2 else None
+    res = compile_for_edgetpu(tflite, bundle_dir, allow_cpu_ops=allow_cpu_ops)
+    res["unsupported_ops"] = sorted(set(ops) - EDGETPU_OPS)
     return res
 
 
@@ -148,14 +137,14 @@ class Recipe:
 
     quant_type: str = "per-channel"
     calibration: str = "minmax"
-    percentile: float = 99.99
+    percentile: float = 99.999
 
     @property
     def name(self) -> str:
         return self.quant_type + ("" if self.calibration == "minmax" else f"+p{self.percentile:g}")
 
 
-def recipes(quant: str, calibration: str | None, percentile: float = 99.99) -> list[Recipe]:
+def recipes(quant: str, calibration: str | None, percentile: float = 99.999) -> list[Recipe]:
     """What to try. ``--quant auto`` alone: per-channel and per-tensor with min-max, and per-channel with
     percentile calibration (3 onnx2tf runs); an explicit choice narrows it."""
     if quant not in ("auto", "per-channel", "per-tensor"):
@@ -163,7 +152,7 @@ def recipes(quant: str, calibration: str | None, percentile: float = 99.99) -> l
     if calibration not in (None, "minmax", "percentile"):
         raise UserError(f"--calibration {calibration!r}: use minmax or percentile")
     if not 50.0 < percentile <= 100.0:
-        raise UserError(f"--percentile {percentile}: give a percentile between 50 and 100, e.g. 99.99")
+        raise UserError(f"--percentile {percentile}: give a percentile between 50 and 100, e.g. 99.999")
     qts = ["per-channel", "per-tensor"] if quant == "auto" else [quant]
     if calibration is not None:
         return [Recipe(q, calibration, percentile) for q in qts]
@@ -265,10 +254,15 @@ class Attempt:
     ops: list | None = None
 
     def rank(self) -> tuple:
-        """Best first by int8 mAP when ground truth exists, else by detection F1."""
+        """Higher is better: detection F1 among the attempts whose mAP stays within :data:`MAX_MAP_DROP` points
+        of fp32 (all of them without ground truth); below that, the smaller mAP drop."""
         v = self.validation
+        f1 = v["agreement"]["f1"]
         m = next(iter(v["map"].values())) if v.get("map") else None
-        return (m["int8_map_voc07"] if m else v["agreement"]["f1"], v["agreement"]["f1"])
+        if m is None:
+            return (1, f1, 0.0)
+        drop = m["delta_points_voc07"]
+        return (1, f1, -drop) if drop <= MAX_MAP_DROP else (0, -drop, f1)
 
 
 @dataclass
@@ -285,6 +279,9 @@ class _Job:
     score_threshold: float
     source: dict
     progress: bool
+    postprocess_model: bool = False  # --postprocess-model
+    allow_cpu_ops: bool = False  # --allow-cpu-ops
+    reference: object = None  # the source ONNX through the runtime's loader
 
 
 def _attempt(job: _Job, recipe: Recipe, cut_path: Path, reference, val_images) -> Attempt:
@@ -370,7 +367,8 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
                   progress: bool = True, mean=None, std=None, input_shape=None, calib_split: str | None = None,
                   val_split: str | None = None, score_threshold: float = 0.5, keep_work: bool = False,
                   backend: str = "flatbuffer_direct", calibration: str | None = None,
-                  percentile: float = 99.99) -> ConvertResult:
+                  percentile: float = 99.999, postprocess_model: bool = False,
+                  allow_cpu_ops: bool = False) -> ConvertResult:
     """Convert ``onnx_path`` into the bundle directory ``out_dir``; see the module docstring."""
     from . import calibrate as cal
     from .cut import cut_model
@@ -396,23 +394,23 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
     if lab.source == "placeholder":
         warnings.append(f"no labels found: classes are named {', '.join(lab.names[1:3])}...; pass --labels FILE")
     _prepare_out(out_dir, force)
-    work_ctx = tempfile.TemporaryDirectory(prefix="edge-ssd-convert-")
-    work = Path(work_ctx.name)
+    work = Path(tempfile.mkdtemp(prefix="edge-ssd-convert-"))
     try:
         return _convert(onnx_path, out_dir, work, model, info, norm, lab.names, plan, calib_images, val_images,
                         val_source, warnings, calib_count=calib_count, input_shape=input_shape, target=target,
                         backend=backend, force=force, progress=progress, score_threshold=score_threshold,
-                        min_agreement=min_agreement, t_start=t_start, cut_model=cut_model, cal=cal)
+                        min_agreement=min_agreement, t_start=t_start, cut_model=cut_model, cal=cal,
+                        postprocess_model=postprocess_model, allow_cpu_ops=allow_cpu_ops)
     finally:
         if keep_work:
             log.info("work directory kept: %s", work)
         else:
-            work_ctx.cleanup()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _convert(onnx_path, out_dir, work, model, info, norm, names, plan, calib_images, val_images, val_source,
              warnings, *, calib_count, input_shape, target, backend, force, progress, score_threshold,
-             min_agreement, t_start, cut_model, cal) -> ConvertResult:
+             min_agreement, t_start, cut_model, cal, postprocess_model=False, allow_cpu_ops=False) -> ConvertResult:
     from ..runtime.detector import load_detector
     from .validate import reference_outputs
 
@@ -439,7 +437,8 @@ def _convert(onnx_path, out_dir, work, model, info, norm, names, plan, calib_ima
     fb = _float_bundle(cut, info, norm, names, score_threshold, source, work)
     chk = _cut_check(reference, fb, val_images, score_threshold)
     # 4. each recipe: onnx2tf, a bundle, validated by the runtime against the reference
-    job = _Job(info, norm, names, work, npy, backend, target, score_threshold, source, progress)
+    job = _Job(info, norm, names, work, npy, backend, target, score_threshold, source, progress,
+               postprocess_model, allow_cpu_ops, ref)
     attempts = [_attempt(job, r, fb / "model.onnx", reference, val_images) for r in plan]
     for a in attempts:
         shutil.copy(a.result.log_path, out_dir / a.result.log_path.name)
@@ -468,7 +467,7 @@ def _finish(onnx_path, out_dir, best: Attempt, attempts, job: _Job, chk, calib_d
     ok = f1 >= min_agreement
     model_path = out_dir / "model.tflite"
     shutil.copy(best.bundle / "model.tflite", model_path)
-    edgetpu = _edgetpu(model_path, best.ops, out_dir) if job.target == "edgetpu" else None
+    edgetpu = _edgetpu(model_path, best.ops, out_dir, job.allow_cpu_ops) if job.target == "edgetpu" else None
     exe = find_onnx2tf(job.backend)
     n_launch = len(launcher(exe))
     converter = {"tool": "onnx2tf", "onnx2tf": onnx2tf_version(exe), "backend": job.backend,
@@ -511,8 +510,32 @@ def _finish(onnx_path, out_dir, best: Attempt, attempts, job: _Job, chk, calib_d
                    "onnx2tf_peak_rss_mb": round(max(a.result.peak_rss_mb for a in attempts), 1),
                    "self_peak_rss_mb": round(self_rss, 1)},
     }
+    for extra in _ecosystem_models(out_dir, manifest, job, val_images, edgetpu, rep):
+        if ok and extra.get("ok") is False:
+            ok = False
+            rep.update(ok=False, failure=extra["failure"])
     write_reports(out_dir, rep, examples, job.names)
     return ConvertResult(out_dir, rep, ok)
+
+
+def _ecosystem_models(out_dir, manifest, job: _Job, val_images, edgetpu, rep: dict) -> list[dict]:
+    """The Edge TPU compile of model.tflite and ``--postprocess-model``: their results (into ``rep``; the
+    post-process model's file, sha256 and agreement also into the manifest's ``fidelity``)."""
+    out = [edgetpu] if edgetpu else []
+    if job.postprocess_model:
+        from .postprocess_model import add_postprocess_model
+
+        pp = add_postprocess_model(out_dir, job.reference, val_images, target=job.target,
+                                   allow_cpu_ops=job.allow_cpu_ops, score_threshold=job.score_threshold)
+        rep["postprocess_model"] = pp
+        v = pp["validation"]
+        manifest.fidelity["postprocess_model"] = {
+            "file": pp["file"], "sha256": sha256_file(out_dir / pp["file"]), "labelmap": pp["labelmap"],
+            "f1_vs_bundle": v["vs_bundle"]["f1"], "f1_vs_onnx": (v["vs_onnx"] or {}).get("f1"),
+            "images": v["images"], "ok": pp["ok"]}
+        write_manifest(out_dir, manifest)
+        out.append(pp)
+    return out
 
 def _edge_ssd_version() -> str:
     try:

@@ -65,9 +65,42 @@ def format_markdown(rep: dict) -> str:
         name = a_.get("name", a_.get("quant_type"))
         lines.append(f"| attempt {name} | {'ok' if a_['ok'] else 'failed: ' + a_.get('error', '')[:120]} "
                      f"(onnx2tf {a_['seconds']:.1f} s{measured}){' <- kept' if name == chosen else ''} |")
+    lines += _ecosystem_rows(rep)
     for w in rep.get("warnings", []):
         lines.append(f"| warning | {w} |")
     return "\n".join(lines) + "\n"
+
+
+def _edgetpu_row(name: str, e: dict) -> str:
+    if e.get("compiler") is None:
+        return f"| Edge TPU ({name}) | not compiled: {e.get('note', '')} |"
+    if e.get("ok") is False:
+        return f"| Edge TPU ({name}) | FAILED: {e.get('failure', '')} |"
+    lg = e.get("log") or {}
+    mib = (lambda b: "-" if b is None else f"{b / 2**20:.2f} MiB")  # noqa: E731
+    return (f"| Edge TPU ({name}) | {e.get('output')}: {lg.get('ops_on_tpu')} ops on the TPU, {lg.get('ops_on_cpu')} "
+            f"on the CPU; parameters on-chip {mib(lg.get('on_chip_bytes'))}, off-chip {mib(lg.get('off_chip_bytes'))}"
+            f" (compiler {lg.get('version')}) |")
+
+
+def _ecosystem_rows(rep: dict) -> list[str]:
+    """The Edge TPU compile and the TFLite_Detection_PostProcess model (``--postprocess-model``)."""
+    rows = []
+    if rep.get("edgetpu"):
+        rows.append(_edgetpu_row("model.tflite", rep["edgetpu"]))
+    pp = rep.get("postprocess_model")
+    if pp:
+        v = pp.get("validation", {})
+        b, o = v.get("vs_bundle") or {}, v.get("vs_onnx") or {}
+        rows.append(f"| post-process model | {pp['file']} + {pp.get('labelmap')}: input {pp['input_dtype']} "
+                    f"(scale {_f(pp.get('input_scale'))}, zero point {pp.get('input_zero_point')}), "
+                    f"{pp['num_classes']} classes, max {pp['op_options']['max_detections']} detections |")
+        rows.append(f"| post-process model vs bundle / vs ONNX (F1, score >= {v.get('score_threshold')}, "
+                    f"{v.get('images')} images) | **{_f(b.get('f1'))}** / {_f(o.get('f1'))} "
+                    f"(median invoke {_f((v.get('latency_ms') or {}).get('median'), 3)} ms) |")
+        if pp.get("edgetpu"):
+            rows.append(_edgetpu_row(pp["file"], pp["edgetpu"]))
+    return rows
 
 
 def _draw(img, det, labels, color):

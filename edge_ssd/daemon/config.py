@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import UserError
 from ..publish.scene import LabelRule, SourceRules, Zone
 from ..publish.tracker import TrackerSettings
+from ..runtime.backends import BackendChoice
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 DEFAULT_SPOOL_DIR = "/var/lib/edge-ssd/spool"
@@ -45,8 +46,19 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     bundle: str = Field(description="bundle directory (manifest.json + model.tflite) or an .onnx/.tflite file")
+    labels: str | None = Field(default=None, description="labels file (one per line, BACKGROUND first) for a "
+                               "bare .onnx/.tflite without labels; a bundle carries its own")
     threads: int = Field(default=2, ge=1, le=64)
-    backend: Literal["auto", "litert", "tflite_runtime", "tensorflow", "edgetpu", "onnxruntime"] = "auto"
+    backend: BackendChoice = "auto"
+    # which Coral the Edge TPU delegate opens (libedgetpu's "device" option): usb, usb:N, pci, pci:N; None: the first
+    edgetpu_device: str | None = Field(default=None, description="Coral to use: usb, usb:0, pci, pci:0")
+
+    @field_validator("edgetpu_device")
+    @classmethod
+    def _edgetpu_device(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"(usb|pci)(:\d+)?", v):
+            raise ValueError(f"{v!r} is not an Edge TPU device: use usb, usb:N, pci or pci:N (N from 0)")
+        return v
 
 
 class LabelFilter(_Strict):
@@ -298,8 +310,9 @@ class LoadedConfig:
 
     def summary(self) -> str:
         c = self.config
+        tpu = f", Edge TPU {c.model.edgetpu_device}" if c.model.edgetpu_device else ""
         lines = [f"{self.path}: OK", f"  device: {c.device}", f"  model: {c.model.bundle} ({c.model.backend}, "
-                 f"{c.model.threads} threads)"]
+                 f"{c.model.threads} threads{tpu})"]
         for s in c.sources:
             lab = "all labels" if s.labels.include is None else ",".join(s.labels.include)
             url = re.sub(r"://[^@/]+@", "://***@", s.url)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..publish.messages import SCHEMA
 from ..redact import mask
+
+if TYPE_CHECKING:
+    from ..runtime.pipeline import PipelineStats
 
 
 def rss_bytes() -> int:
@@ -44,38 +48,37 @@ class Watchdog:
         return True
 
 
-def source_status(name: str, pstats: dict, fps: float | None, inference_ms: float | None) -> dict:
-    s = pstats.get("sources", {}).get(name, {})
-    return {"schema": SCHEMA, "state": s.get("status", "unknown"), "fps": fps,
+def source_status(name: str, pstats: PipelineStats | None, fps: float | None, inference_ms: float | None) -> dict:
+    s = pstats.sources.get(name) if pstats is not None else None
+    return {"schema": SCHEMA, "state": s.status if s else "unknown", "fps": fps,
             "inference_ms": None if inference_ms is None else round(inference_ms, 2),
-            "frames": s.get("processed", 0), "errors": s.get("errors", 0), "reconnects": s.get("reconnects", 0),
-            "error": None if s.get("error") is None else mask(s["error"])}
+            "frames": s.processed if s else 0, "errors": s.errors if s else 0,
+            "reconnects": s.reconnects if s else 0, "error": mask(s.error) if s and s.error else None}
 
 
 def starting_status(name: str) -> dict:
     """The status of a source before its first frame: the same fields, nothing measured yet."""
-    return {**source_status(name, {}, None, None), "state": "starting"}
+    return {**source_status(name, None, None, None), "state": "starting"}
 
 
-def stats_message(device: str, pstats: dict, spool: dict | None, mqtt: dict | None, started: float,
+def stats_message(device: str, pstats: PipelineStats, spool: dict | None, mqtt: dict | None, started: float,
                   source_fps: dict[str, float]) -> dict:
-    inf = pstats.get("inference_ms", {})
     return {
         "schema": SCHEMA,
         "device": device,
         "ts": round(time.time(), 3),
         "version": __version__,
         "uptime_s": round(time.monotonic() - started, 1),
-        "model": pstats.get("model"),
-        "backend": pstats.get("backend"),
-        "fps": pstats.get("fps"),
-        "processed": pstats.get("processed"),
-        "dropped": pstats.get("dropped", {}),
-        "inference_ms": inf.get("mean"),
-        "inference_ms_p95": inf.get("p95"),
-        "latency_ms": pstats.get("latency_ms", {}).get("mean"),
-        "sources": {n: {"status": s.get("status"), "fps": source_fps.get(n, 0.0), "processed": s.get("processed")}
-                    for n, s in pstats.get("sources", {}).items()},
+        "model": pstats.model,
+        "backend": pstats.backend,
+        "fps": pstats.fps,
+        "processed": pstats.processed,
+        "dropped": pstats.dropped,
+        "inference_ms": pstats.inference_ms.mean,
+        "inference_ms_p95": pstats.inference_ms.p95,
+        "latency_ms": pstats.latency_ms.mean,
+        "sources": {n: {"status": s.status, "fps": source_fps.get(n, 0.0), "processed": s.processed}
+                    for n, s in pstats.sources.items()},
         "spool": spool or {},
         "mqtt": mqtt or {},
         "rss_mb": round(rss_bytes() / 2**20, 1),

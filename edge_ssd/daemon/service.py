@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..model.bundle import fingerprint
 from ..publish.messages import json_bytes
 from ..publish.topics import Topics
+from ..runtime.memory import trim_heap
 from .config import Config, ConfigError, LoadedConfig, load_config, source_rules, tracker_settings
 from .health import Watchdog, source_status, starting_status, stats_message
 from .sdnotify import Notifier, watchdog_interval
@@ -48,6 +49,17 @@ class _Probation:
     candidate: object  # fleet.device.Candidate
     previous: object  # the Detector to go back to
     deadline: float
+
+
+def _warn_unknown_labels(cfg: Config, labels: list[str]) -> None:
+    """A filter or zone naming a label the model does not have never matches: say so once, at start."""
+    known = set(labels)
+    for s in cfg.sources:
+        named = set(s.filters) | {lab for z in s.zones for lab in (z.labels or [])}
+        unknown = sorted(named - known)
+        if unknown:
+            log.warning("source %s: filters/zones name label(s) the model does not know: %s (it knows %s)",
+                        s.name, ", ".join(unknown), ", ".join(x for x in labels if x.upper() != "BACKGROUND"))
 
 
 class Daemon:
@@ -107,7 +119,9 @@ class Daemon:
             self.notifier.status(f"loading model {cfg.model.bundle}")
             bundle = self.rollout.bundle_for() if self.rollout else cfg.model.bundle
             self.model_sha = fingerprint(bundle)
-            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads)
+            labels = cfg.model.labels if bundle == cfg.model.bundle else None  # a rolled-out bundle has its own
+            self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads,
+                                          labels=labels, edgetpu_device=cfg.model.edgetpu_device)
         det = self.detector
         outputs = []
         if cfg.sinks.file:
@@ -120,6 +134,7 @@ class Daemon:
         # the run counter lives beside the spool; a stdout/file-only run without a state directory gets a random run
         keep = cfg.mqtt or cfg.spool.dir or os.environ.get("STATE_DIRECTORY")
         ids = MessageIds(cfg.spool.resolved_dir() if keep else None)
+        _warn_unknown_labels(cfg, det.labels)
         self.hub = Hub(cfg.device, ids, outputs, rules=source_rules(cfg),
                        tracking=tracker_settings(cfg))
         if self.metrics is not None:
@@ -209,7 +224,7 @@ class Daemon:
         msg = stats_message(self.loaded.config.device, pipeline.stats(), spool, mqtt, self.started,
                             self._source_fps())
         e2e = hub.e2e_ms.summary()
-        msg["latency_e2e_ms"] = {"p50": e2e["p50"], "p95": e2e["p95"]}
+        msg["latency_e2e_ms"] = {"p50": e2e.p50, "p95": e2e.p95}
         msg["events"] = hub.events
         return msg
 
@@ -225,11 +240,11 @@ class Daemon:
 
     def _status_line(self) -> str:
         ps = self.pipeline.stats()
-        parts = [f"{ps['fps']:.1f} fps", f"{ps['processed']} frames"]
+        parts = [f"{ps.fps:.1f} fps", f"{ps.processed} frames"]
         if self.publisher is not None:
             parts.append("mqtt connected" if self.publisher.connected else "mqtt DISCONNECTED")
             parts.append(f"spool {len(self.spool)}")
-        bad = [n for n, s in ps["sources"].items() if s.get("status") not in ("ok", "ended")]
+        bad = [n for n, s in ps.sources.items() if s.status not in ("ok", "ended")]
         if bad:
             parts.append("waiting for " + ", ".join(bad))
         return ", ".join(parts)
@@ -287,7 +302,7 @@ class Daemon:
 
         m = self.loaded.config.model
         try:
-            det = load_detector(cand.path, backend=m.backend, threads=m.threads)
+            det = load_detector(cand.path, backend=m.backend, threads=m.threads, edgetpu_device=m.edgetpu_device)
         except UserError as e:
             self.rollout.failed(cand, f"cannot load bundle {cand.command.version}: {e}")
             return
@@ -358,8 +373,10 @@ class Daemon:
                 self.ready = True
                 why = "" if p.processed else f" (no frame within {READY_TIMEOUT:.0f} s)"
                 log.info("ready: model loaded, %d frame(s) processed%s", p.processed, why)
+                trim_heap()  # hand start-up memory (model loading, imports) back to the kernel
                 self.notifier.ready(f"running{why}: {self._status_line()}")
-            self.hub.tick()
+            if self.hub is not None:
+                self.hub.tick()
             if self.watchdog.due(p.last_progress, now):
                 self.notifier.watchdog()
             if now >= next_status:

@@ -36,6 +36,7 @@ log = logging.getLogger("edge_ssd.rollout")
 
 STATE_FILE = "state.json"
 VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+ECHO_WINDOW = 30.0  # s: the same live command again this soon is a copy (a site bridge), not a re-push
 STATES = ("downloading", "verifying", "active", "rolled-back", "failed")
 
 
@@ -182,6 +183,7 @@ class Rollout:
         self._lock = threading.Lock()
         self._commands: dict[str, Command | None] = {"device": None, "all": None}
         self._forced: set[str] = set()  # sha256s re-published live: retried even if they failed before
+        self._last_live: dict[str, tuple[bytes, float]] = {}  # scope -> (payload, when): bridge echoes
         self._handled: set[str] = set()  # sha256s finished (either way) in this process
         self._reports: deque[dict] = deque()
         self._ready: Candidate | None = None
@@ -259,10 +261,14 @@ class Rollout:
                 log.error("rollout: ignoring the command on %s: %s", topic, e)
                 self._report("failed", None, f"bad command on {topic}: {e}")
                 return
+            now = time.monotonic()
             with self._lock:
                 self._commands[scope] = cmd
-                if not retained:  # published now (not a re-delivery): try it even if it failed before
+                last = self._last_live.get(scope)
+                echo = last is not None and last[0] == payload and now - last[1] < ECHO_WINDOW
+                if not retained and not echo:  # published now (not a re-delivery): try it even if it failed
                     self._forced.add(cmd.sha256)
+                    self._last_live[scope] = (payload, now)
             self._wake.set()
 
         return handle

@@ -22,6 +22,7 @@ class FrameResult:
     inference_ms: float = 0.0
     latency_ms: float = 0.0  # capture to result
     image: np.ndarray | None = field(default=None, repr=False)  # the BGR frame, only when a sink wants it
+    path: str | None = None  # image sources: the file the frame came from
 
     def objects(self) -> list[dict]:
         """Detections as plain dicts: label, class_id, score, box (normalised), box_px (pixels, clipped)."""

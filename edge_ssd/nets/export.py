@@ -159,11 +159,12 @@ def export_onnx(
     """
     try:
         import onnx
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401 (the export is checked with it)
         import torch
     except ImportError as e:
         raise DependencyError(f"export needs {e.name}; install the extras: pip install 'edge-ssd[train]'") from None
     from ..model.preprocess import PYTORCH_SSD, preprocess
+    from ..runtime.onnx import onnx_session
 
     if not (MIN_OPSET <= int(opset) <= MAX_OPSET):
         raise UserError(f"opset {opset} is not supported; use --opset between {MIN_OPSET} and {MAX_OPSET}")
@@ -201,10 +202,7 @@ def export_onnx(
             prop.key, prop.value = k, v
         model.producer_name = "edge-ssd"
         onnx.save(model, str(tmp))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, min(2, torch.get_num_threads()))
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(tmp), so, providers=["CPUExecutionProvider"])
+        sess = onnx_session(tmp, threads=max(1, min(2, torch.get_num_threads())), source=out)
         names = [o.name for o in sess.get_outputs()]
         if names != ["scores", "boxes"] or [i.name for i in sess.get_inputs()] != ["input"]:
             raise UserError(f"exported graph has outputs {names}; expected ['scores', 'boxes'] (internal error)")

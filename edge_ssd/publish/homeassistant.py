@@ -27,12 +27,12 @@ from typing import Any
 from .. import SUPPORT_URL, __version__
 from ..capture.base import STATUSES
 from ..daemon.config import Config
+from ..model.labels import is_background
 from .messages import json_bytes, slug
 from .topics import Topics
 
 # what a source's status topic can say (capture states, "ok" published as "streaming", plus "starting")
 SOURCE_STATES: tuple[str, ...] = ("starting", *("streaming" if s == "ok" else s for s in STATUSES))
-BACKGROUND = ("BACKGROUND", "__BACKGROUND__")
 
 
 def device_id(device: str) -> str:
@@ -57,7 +57,7 @@ def labels_for_source(cfg: Config, source_index: int, model_labels: list[str] | 
     elif src.labels.include is not None:
         labels = list(src.labels.include)
     else:
-        labels = [x for x in (model_labels or []) if x.upper() not in BACKGROUND]
+        labels = [x for x in (model_labels or []) if not is_background(x)]
     return [x for x in labels if src.labels.allows(x)]
 
 

@@ -88,6 +88,11 @@ class MqttPublisher:
         self.last_error: str | None = None
         self._logged_errors: set[str] = set()
         self._offline_acked = False
+        self._offline_mid: int | None = None  # the mid of the "offline" message sent at stop
+        self._offline_at = 0.0
+        self._session_ok = False  # per connection attempt (the network thread)
+        self._refused: str | None = None
+        self._handed: dict[int, int] = {}
         self._subs: dict[str, object] = {}  # topic -> callback(topic, payload, retained), see subscribe()
 
     # -- producer API (any thread) ------------------------------------------------------------------------
@@ -197,7 +202,7 @@ class MqttPublisher:
             client = self._new_client()
             self._session_ok = False
             self._refused = None
-            self._handed: dict[int, int] = {}
+            self._handed = {}
             try:
                 client.connect(self.host, self.port, self.keepalive)
             except (OSError, ssl.SSLError, ValueError) as e:
@@ -314,14 +319,16 @@ class MqttPublisher:
             self.state_published += 1
 
     def _publish_discovery(self, client, legacy: list[str]) -> None:
-        """The device message; per-entity topics of edge-ssd 0.1 are migrated the way Home Assistant documents
-        it (``migrate_discovery`` first, then the device message, then the old topic cleared), so their
-        entities keep their ids and history."""
+        """The device message. Per-entity topics of edge-ssd 0.1 are migrated first: ``migrate_discovery`` (Home
+        Assistant unloads the entity but keeps its registry entry), then the old topic cleared while nothing
+        owns it any more, then the device message re-creates the entity with the same unique_id, entity_id and
+        history. (Clearing after the device message, as Home Assistant's docs have it, makes 2025.4 log a
+        'conflicting MQTT discovery message' warning per entity.)"""
         for topic in legacy:
             client.publish(topic, b'{"migrate_discovery":true}', qos=1, retain=True)
-        client.publish(self._discovery.topic, self._discovery.message(), qos=1, retain=True)
         for topic in legacy:
             client.publish(topic, b"", qos=1, retain=True)
+        client.publish(self._discovery.topic, self._discovery.message(), qos=1, retain=True)
         if legacy:
             log.info("mqtt: migrated %d Home Assistant entities to device discovery (%s)", len(legacy),
                      self._discovery.topic)
@@ -370,7 +377,7 @@ class MqttPublisher:
         self._set_disconnected()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if mid == getattr(self, "_offline_mid", None):
+        if mid == self._offline_mid:
             self._offline_acked = True
         rid = self._handed.pop(mid, None)
         if rid is not None:

@@ -25,6 +25,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -32,8 +33,11 @@ from ..errors import DependencyError, UserError
 
 log = logging.getLogger(__name__)
 
-TFLITE_BACKENDS = ("litert", "tflite_runtime", "tensorflow")
-BACKENDS = (*TFLITE_BACKENDS, "edgetpu", "onnxruntime")
+# the one list of backends: the config (model.backend), the CLI (--backend) and bench validate against it
+BackendChoice = Literal["auto", "litert", "tflite_runtime", "tensorflow", "edgetpu", "onnxruntime"]
+BACKEND_CHOICES: tuple[str, ...] = get_args(BackendChoice)  # "auto" first
+BACKENDS = BACKEND_CHOICES[1:]
+TFLITE_BACKENDS = BACKENDS[:3]  # litert, tflite_runtime, tensorflow: tried in this order
 EDGETPU_LIB = "libedgetpu.so.1"
 
 _TFLITE_MODULES = {
@@ -166,17 +170,19 @@ class TFLiteBackend(Backend):
             load_delegate = getattr(mod, "load_delegate", None)
             if load_delegate is None:  # tensorflow.lite
                 load_delegate = mod.experimental.load_delegate
+            from .edgetpu_probe import edgetpu_lib, probe_once
+
+            # a libedgetpu built for another TFLite segfaults in-process: probe it in a child first
+            probe = probe_once(edgetpu_device, path, _TFLITE_MODULES[used])
+            if not probe.ok:
+                raise UserError(probe.line())
+            lib = edgetpu_lib()
             opts = {"device": edgetpu_device} if edgetpu_device else None
             try:
-                ctypes.CDLL(EDGETPU_LIB)  # fail here, cleanly, when the library itself is missing
-            except OSError as e:
-                raise UserError(f"cannot load the Edge TPU delegate {EDGETPU_LIB} ({e}); {EDGETPU_HINT}") from None
-            try:
-                delegates.append(load_delegate(EDGETPU_LIB, opts) if opts else load_delegate(EDGETPU_LIB))
+                delegates.append(load_delegate(lib, opts) if opts else load_delegate(lib))
             except (ValueError, OSError, RuntimeError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise UserError(f"cannot load the Edge TPU delegate {EDGETPU_LIB} ({first}); {EDGETPU_HINT}") \
-                    from None
+                raise UserError(f"cannot load the Edge TPU delegate {lib} ({first}); {EDGETPU_HINT}") from None
         self.name = "edgetpu" if edgetpu else used
         self.threads = threads
         kwargs = {"model_path": str(path)}

@@ -251,6 +251,10 @@ def load_detector(path: str | Path, backend: str = "auto", threads: int | None =
         det.post.top_k = int(top_k)
     # warm up (first invoke allocates/plans) so the first real frame is not an outlier
     det.infer(det.preprocess(np.zeros((det.input_size[1], det.input_size[0], 3), np.uint8)))
+    if det.backend_name != "onnxruntime":  # the interpreter works on its own copy of the weights now
+        from .memory import release_file_pages
+
+        release_file_pages(det.path)
     log.info("loaded %s", det.describe())
     return det
 

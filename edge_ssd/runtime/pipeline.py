@@ -11,14 +11,15 @@ joined by small bounded queues.
                  sinks=[my_sink])        # objects with handle(result: FrameResult) and optional close()
     p.start()
     ...
-    p.stats()                            # counters, latencies, per-source status
+    p.stats()                            # PipelineStats: counters, latencies, per-source status
     p.last_progress                      # monotonic time the pipeline last proved it is not stuck
     p.stop()                             # drain, join threads, close sources and sinks
 
 Modes:
 
-* live (default, ``process_all=False``): the sources keep only their newest frame; when the detector falls
-  behind, the oldest queued frame is dropped (``dropped["queue"]``). ``max_fps`` per source skips frames
+* live (default, ``process_all=False``): the sources keep only their newest frame, every stage has one slot,
+  and a preprocessed frame still waiting for the interpreter is replaced by a newer one (``dropped["queue"]``),
+  so the latency of a published frame stays close to its own processing time. ``max_fps`` per source skips frames
   (``dropped["rate"]``).
 * ``process_all=True`` (files, folders, tests, ``edge-ssd detect``): nothing is dropped, every frame of every
   source is processed, in order per source; ``run_until_done()`` returns when all sources have ended.
@@ -40,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -48,7 +49,7 @@ from ..capture.base import Frame, Source
 from ..errors import UserError
 from ..model.box import Detections
 from ..model.result import FrameResult
-from .stats import RateMeter, Rolling
+from .stats import RateMeter, Rolling, Summary
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,55 @@ class SourceConfig:
     options: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SourceStats:
+    """One source in :class:`PipelineStats`: the capture layer's state and the pipeline's counts."""
+
+    name: str
+    kind: str
+    status: str  # connecting, ok, reconnecting, ended, failed
+    frames: int  # captured
+    dropped: dict[str, int]  # by the capture layer (stale, corrupt ...)
+    errors: int
+    reconnects: int
+    error: str | None
+    frames_in: int  # accepted into the pipeline
+    processed: int  # through the sinks
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """What :meth:`Pipeline.stats` returns: counters, stage latencies (ms), rates and the sources."""
+
+    frames_in: int
+    processed: int
+    dropped: dict[str, int]  # the pipeline's and the sources' drops, by reason
+    sink_errors: dict[str, int]  # by sink name
+    preprocess_ms: Summary
+    inference_ms: Summary
+    postprocess_ms: Summary
+    latency_ms: Summary  # capture to result
+    fps: float  # over the last few seconds
+    fps_overall: float
+    uptime_s: float
+    last_progress: float
+    sources: dict[str, SourceStats]
+    backend: str
+    model: str
+
+    @property
+    def dropped_total(self) -> int:
+        return int(sum(self.dropped.values()))
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["dropped_total"] = self.dropped_total
+        return d
+
+
 @dataclass
 class _Item:
     idx: int  # source index in the pipeline
@@ -78,6 +128,7 @@ class _Item:
     raw: dict | None = None
     t_pre: float = 0.0
     t_infer: float = 0.0
+    size: tuple[int, int] = (0, 0)  # (height, width) of the frame; its pixels are let go after preprocessing
 
 
 class _Src:
@@ -105,7 +156,7 @@ class Pipeline:
     ``result.image`` (or pass ``keep_image=True``)."""
 
     def __init__(self, detector, sources: Iterable[SourceConfig | Source | str], sinks: Iterable = (), *,
-                 process_all: bool = False, queue_size: int = 2, keep_image: bool = False):
+                 process_all: bool = False, queue_size: int | None = None, keep_image: bool = False):
         self.detector = detector
         self.sinks = list(sinks)
         self.process_all = process_all
@@ -130,8 +181,10 @@ class Pipeline:
         names = [s.name for s in self._srcs]
         if len(set(names)) != len(names):
             raise UserError(f"source names must be unique, got {names}; set a name per source")
-        qs = max(1, int(queue_size))
-        self._q_pre: queue.Queue = queue.Queue(qs)
+        # live: one slot per stage, so a frame never waits behind older ones (latency ~ its own processing);
+        # process-all: two, to keep every stage busy
+        qs = max(1, int(queue_size if queue_size is not None else (2 if process_all else 1)))
+        self._q_pre: queue.Queue = queue.Queue(qs if process_all else max(qs, len(self._srcs)))
         self._q_infer: queue.Queue = queue.Queue(qs)
         self._q_post: queue.Queue = queue.Queue(qs)
         self._q_sink: queue.Queue = queue.Queue(qs * 2)
@@ -142,6 +195,7 @@ class Pipeline:
         self._stop = threading.Event()  # stop reading sources
         self._abort = threading.Event()  # discard queued work
         self._done = threading.Event()  # the sink stage has seen the end marker
+        self._infer_ready = threading.Event()  # live mode: the interpreter waits for its next frame
         self._readers_left = len(self._srcs)
         self._lock = threading.Lock()
         self._started = False
@@ -219,11 +273,11 @@ class Pipeline:
                 try:
                     close()
                 except Exception as e:
-                    self.sink_errors[type(sink).__name__] += 1
+                    self._count(self.sink_errors, type(sink).__name__)
                     log.warning("closing sink %s: %s", type(sink).__name__, e)
         log.info("pipeline stopped: %d frames processed", self.processed)
 
-    def run_until_done(self, timeout: float | None = None) -> dict:
+    def run_until_done(self, timeout: float | None = None) -> PipelineStats:
         """Start, wait until every source has ended and every frame went through the sinks, stop; returns
         ``stats()``. For finite sources (files, folders). ``timeout``: stop anyway after that many seconds."""
         self.start()
@@ -253,36 +307,35 @@ class Pipeline:
         return min(self._beats.values())
 
     # -- stats --------------------------------------------------------------------------------------------
-    def stats(self) -> dict:
-        dropped = Counter(self.dropped)
+    def _count(self, counter: Counter, key: str) -> int:
+        """``counter[key] += 1`` under the lock (stage threads and readers count concurrently)."""
+        with self._lock:
+            counter[key] += 1
+            return counter[key]
+
+    def stats(self) -> PipelineStats:
         sources = {}
-        frames_in = 0
-        for s in self._srcs:
-            st = s.source.stats()
-            for k, v in st.get("dropped", {}).items():
-                dropped[k] += v
-            frames_in += s.frames_in
-            st.update({"frames_in": s.frames_in, "processed": s.processed})
-            sources[s.name] = st
+        with self._lock:
+            dropped = Counter(self.dropped)
+            sink_errors = dict(self.sink_errors)
+            processed = self.processed
+            counts = [(s.frames_in, s.processed) for s in self._srcs]
+        for s, (frames_in, done) in zip(self._srcs, counts, strict=True):
+            src = s.source
+            src_dropped = dict(src.dropped)
+            dropped.update(src_dropped)
+            sources[s.name] = SourceStats(name=src.name, kind=src.kind, status=src.status, frames=src.frames,
+                                          dropped=src_dropped, errors=src.errors, reconnects=src.reconnects,
+                                          error=src.error, frames_in=frames_in, processed=done)
         elapsed = (time.monotonic() - self.started_at) if self.started_at else 0.0
-        return {
-            "frames_in": frames_in,
-            "processed": self.processed,
-            "dropped": dict(dropped),
-            "dropped_total": int(sum(dropped.values())),
-            "sink_errors": dict(self.sink_errors),
-            "preprocess_ms": self.t_pre.summary(),
-            "inference_ms": self.t_infer.summary(),
-            "postprocess_ms": self.t_post.summary(),
-            "latency_ms": self.t_latency.summary(),
-            "fps": round(self.rate.rate(), 2),
-            "fps_overall": round(self.processed / elapsed, 2) if elapsed > 0 else 0.0,
-            "uptime_s": round(elapsed, 1),
-            "last_progress": self.last_progress,
-            "sources": sources,
-            "backend": self.detector.backend_name,
-            "model": self.detector.name,
-        }
+        return PipelineStats(
+            frames_in=sum(c[0] for c in counts), processed=processed, dropped=dict(dropped), sink_errors=sink_errors,
+            preprocess_ms=self.t_pre.summary(), inference_ms=self.t_infer.summary(),
+            postprocess_ms=self.t_post.summary(), latency_ms=self.t_latency.summary(),
+            fps=round(self.rate.rate(), 2), fps_overall=round(processed / elapsed, 2) if elapsed > 0 else 0.0,
+            uptime_s=round(elapsed, 1), last_progress=self.last_progress, sources=sources,
+            backend=self.detector.backend_name, model=self.detector.name,
+        )  # fmt: skip
 
     # -- stages -------------------------------------------------------------------------------------------
     def _guard(self, name: str, fn) -> None:
@@ -290,7 +343,7 @@ class Pipeline:
             fn()
         except Exception:
             log.exception("pipeline stage %s crashed", name)
-            self.dropped["crash"] += 1
+            self._count(self.dropped, "crash")
             self._abort.set()
             self._stop.set()
             self._done.set()
@@ -331,10 +384,11 @@ class Pipeline:
                     continue
                 if s.min_interval and not self.process_all:
                     if f.mono - s.last_accept < s.min_interval * 0.999:
-                        self.dropped["rate"] += 1
+                        self._count(self.dropped, "rate")
                         continue
                     s.last_accept = f.mono
-                s.frames_in += 1
+                with self._lock:
+                    s.frames_in += 1
                 item = _Item(i, f)
                 if self.process_all:
                     if not self._put(self._q_pre, item, stage):
@@ -347,7 +401,7 @@ class Pipeline:
                         except queue.Full:
                             try:
                                 self._q_pre.get_nowait()
-                                self.dropped["queue"] += 1
+                                self._count(self.dropped, "queue")
                             except queue.Empty:
                                 pass
         finally:
@@ -362,6 +416,9 @@ class Pipeline:
     def _run_pre(self) -> None:
         det = self.detector
         while True:
+            if not self.process_all and not self._infer_ready.wait(_TICK):
+                self._beat("preprocess")  # live: take a frame only when the interpreter wants one, so the
+                continue  # frame it gets is the newest, not one that aged while the previous one ran
             item = self._get(self._q_pre, "preprocess")
             if item is None:
                 continue
@@ -376,19 +433,42 @@ class Pipeline:
                 item.tensor = det.preprocess(item.frame.image, out=buf)
             except Exception as e:
                 self._pool.put(buf)
-                self.dropped["error"] += 1
+                self._count(self.dropped, "error")
                 log.warning("source %s frame %d: preprocess failed: %s", self._srcs[item.idx].name,
                             item.frame.index, e)
                 continue
             item.t_pre = (time.perf_counter() - t0) * 1000
+            item.size = item.frame.image.shape[:2]
+            if not self.keep_image:  # nothing downstream needs the pixels: free the frame now, not at the sink
+                item.frame = replace(item.frame, image=None)
             self.t_pre.add(item.t_pre)
             self._beat("preprocess")
-            if not self._put(self._q_infer, item, "preprocess"):
+            if not self.process_all:
+                self._infer_ready.clear()
+                self._put_latest(item)
+            elif not self._put(self._q_infer, item, "preprocess"):
                 self._pool.put(buf)
+
+    def _put_latest(self, item: _Item) -> None:
+        """Live mode: hand the freshest preprocessed frame to the interpreter; one still waiting there is
+        stale now and is dropped (``dropped["queue"]``), its buffer back to the pool."""
+        while True:
+            try:
+                self._q_infer.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    old = self._q_infer.get_nowait()
+                except queue.Empty:
+                    continue
+                self._pool.put(old.tensor)  # (only this thread puts into q_infer, the end marker last)
+                self._count(self.dropped, "queue")
 
     def _run_infer(self) -> None:
         det = self.detector
         while True:
+            if self._q_infer.empty():
+                self._infer_ready.set()
             item = self._get(self._q_infer, "invoke")
             if item is None:
                 continue
@@ -404,7 +484,7 @@ class Pipeline:
             try:
                 item.raw = det.infer(buf)
             except Exception as e:
-                self.dropped["error"] += 1
+                self._count(self.dropped, "error")
                 log.warning("source %s frame %d: inference failed: %s", self._srcs[item.idx].name,
                             item.frame.index, e)
                 continue
@@ -435,20 +515,18 @@ class Pipeline:
                     m = s.keep[np.clip(d.class_ids, 0, len(s.keep) - 1)]
                     d = Detections(d.boxes[m], d.scores[m], d.class_ids[m])
             except Exception as e:
-                self.dropped["error"] += 1
+                self._count(self.dropped, "error")
                 log.warning("source %s frame %d: postprocess failed: %s", s.name, item.frame.index, e)
                 continue
             t_post = (time.perf_counter() - t0) * 1000
             self.t_post.add(t_post)
             f = item.frame
-            h, w = f.image.shape[:2]
+            h, w = item.size
             now = time.monotonic()
             res = FrameResult(source=s.name, frame=f.index, ts=f.ts, width=w, height=h, detections=d,
                               labels=labels, model=det.name, inference_ms=item.t_infer,
                               latency_ms=(now - f.mono) * 1000 if f.mono else 0.0,
-                              image=f.image if self.keep_image else None)
-            if f.path:
-                res.path = f.path  # image sources: the file name (extra attribute)
+                              image=f.image if self.keep_image else None, path=f.path or None)
             self.t_latency.add(res.latency_ms)
             self._beat("postprocess")
             self._put(self._q_sink, res, "postprocess")
@@ -468,8 +546,7 @@ class Pipeline:
                     sink.handle(res)
                 except Exception as e:
                     name = getattr(sink, "name", type(sink).__name__)
-                    self.sink_errors[name] += 1
-                    n = self.sink_errors[name]
+                    n = self._count(self.sink_errors, name)
                     if n <= 3 or (n & (n - 1)) == 0:
                         log.warning("sink %s failed on %s frame %d (%d errors so far): %s", name, res.source,
                                     res.frame, n, e)

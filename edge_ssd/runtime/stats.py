@@ -5,8 +5,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import asdict, dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Percentiles of a measurement in milliseconds (None when nothing was measured)."""
+
+    p50: float | None = None
+    p95: float | None = None
+    mean: float | None = None
+    n: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 class Rolling:
@@ -34,13 +48,12 @@ class Rolling:
         v = self.values()
         return float(np.percentile(v, q)) if v.size else None
 
-    def summary(self, digits: int = 2) -> dict:
+    def summary(self, digits: int = 2) -> Summary:
         v = self.values()
         if not v.size:
-            return {"p50": None, "p95": None, "mean": None, "n": 0}
+            return Summary()
         p50, p95 = np.percentile(v, [50, 95])
-        return {"p50": round(float(p50), digits), "p95": round(float(p95), digits),
-                "mean": round(float(v.mean()), digits), "n": self._n}
+        return Summary(round(float(p50), digits), round(float(p95), digits), round(float(v.mean()), digits), self._n)
 
 
 class RateMeter:
@@ -72,11 +85,10 @@ class RateMeter:
             return (n - 1) / span
 
 
-def summarize_ms(values, digits: int = 3) -> dict:
+def summarize_ms(values, digits: int = 3) -> Summary:
     """p50/p95/mean of a list of milliseconds (for the benchmark)."""
     v = np.asarray(values, np.float64)
     if not v.size:
-        return {"p50": None, "p95": None, "mean": None, "n": 0}
+        return Summary()
     p50, p95 = np.percentile(v, [50, 95])
-    return {"p50": round(float(p50), digits), "p95": round(float(p95), digits), "mean": round(float(v.mean()), digits),
-            "n": int(v.size)}
+    return Summary(round(float(p50), digits), round(float(p95), digits), round(float(v.mean()), digits), int(v.size))

@@ -1,0 +1,106 @@
+"""Session-scoped fixtures shared by the test modules, each built once per test session (once for all
+pytest-xdist workers: the first worker builds it under a file lock, the others wait and reuse it).
+
+- ``face_bundle``: a float32 bundle of the ultralight face model (onnx2tf run directly);
+- ``face_int8_bundle``: an int8 bundle of the face model made by ``edge-ssd convert``;
+- ``test_model``: the shipped trained test model, exported into the cache (``edge_ssd.train.testmodel``);
+- ``test_model_int8_bundle``: its int8 bundle, calibrated on its train split, validated on its test split;
+- ``photos``: the shared face photos, decoded (BGR).
+
+The bundles are shared: a test that needs to change one copies it first.
+The shared paths live in ``_paths.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+from _paths import FACE_ONNX, FACES, ONNX2TF
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` once per session; under xdist once for all workers (their common base temp dir)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / f"shared-{name}"
+    done = folder / ".done"
+    with _locked(base / f"shared-{name}.lock"):
+        if not done.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            result = build(folder)
+            done.write_text(str(result))
+    return Path(done.read_text())
+
+
+@pytest.fixture(scope="session")
+def face_bundle(tmp_path_factory) -> Path:
+    from _runtime_util import make_face_bundle
+
+    if not ONNX2TF.exists() or not FACE_ONNX.exists():
+        pytest.skip("convert/.venv (onnx2tf) or the shared face model is missing: run scripts/setup.sh")
+    return _once(tmp_path_factory, "face", make_face_bundle)
+
+
+@pytest.fixture(scope="session")
+def face_int8_bundle(tmp_path_factory) -> Path:
+    from _runtime_util import make_face_int8_bundle
+
+    if not ONNX2TF.exists() or not FACE_ONNX.exists():
+        pytest.skip("convert/.venv (onnx2tf) or the shared face model is missing: run scripts/setup.sh")
+    return _once(tmp_path_factory, "face-int8", make_face_int8_bundle)
+
+
+@pytest.fixture(scope="session")
+def test_model():
+    from edge_ssd.train.testmodel import get_test_model
+
+    return get_test_model(progress=False)  # the cache has its own lock
+
+
+@pytest.fixture(scope="session")
+def test_model_int8_bundle(tmp_path_factory, test_model) -> Path:
+    """The test model converted to int8, labels from its metadata (report.json: the validation against fp32)."""
+
+    def build(folder: Path) -> Path:
+        from edge_ssd.convert.api import convert_model
+
+        r = convert_model(test_model.onnx_path, folder / "tm-int8.bundle", calib=[test_model.dataset_dir],
+                          calib_split="train", val=[test_model.dataset_dir], val_split="test", progress=False)
+        assert r.ok, r.report.get("validation")
+        return Path(r.bundle_dir)
+
+    if not ONNX2TF.exists():
+        pytest.skip("convert/.venv (onnx2tf) is missing: run scripts/setup.sh")
+    return _once(tmp_path_factory, "testmodel-int8", build)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    import cv2
+
+    return [cv2.imread(str(p)) for p in sorted(FACES.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+
+
+# tests that need a converted bundle (onnx2tf runs) are slow: `make test-fast` leaves them out
+HEAVY_FIXTURES = {"face_bundle", "face_int8_bundle", "test_model_int8_bundle"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
