@@ -511,6 +511,10 @@ def check_space(path: str | Path, warn_mb: float = SPOOL_WARN_MB, fail_mb: float
                      "remount it read-write, or set spool.dir to a writable place (e.g. /var/lib/edge-ssd/spool)",
                      data={"path": str(p), "checked": str(base)})
     du = shutil.disk_usage(base)
+    if du.total == 0:  # /proc, /sys: "0 MB free" would send the user to apt-get clean for nothing
+        return Check("spool", FAIL, f"{where}: not on a disk ({base} is a virtual file system)",
+                     "set spool.dir to a directory on the disk (default /var/lib/edge-ssd/spool)",
+                     data={"path": str(p), "checked": str(base)})
     free_mb = du.free / 1e6
     data = {"path": str(p), "checked": str(base), "free_mb": free_mb}
     if free_mb < fail_mb:

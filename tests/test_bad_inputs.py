@@ -155,6 +155,11 @@ def world(tmp_path_factory) -> dict[str, str]:
     w["cfg_nomodel"] = _w(t / "cfg" / "nomodel.yaml", GOOD_CONFIG.format(bundle=t / "missing.bundle",
                                                                          images=w["images"]))
     w["cfg_spool_file"] = _w(t / "cfg" / "spool_file.yaml", mq + f"spool:\n  dir: {w['a_file']}\n")
+    corrupt = t / "spool_corrupt"
+    _w(corrupt / "spool.sqlite3", os.urandom(8192))
+    w["cfg_spool_corrupt"] = _w(t / "cfg" / "spool_corrupt.yaml", mq + f"spool:\n  dir: {corrupt}\n")
+    w["cfg_spool_proc"] = _w(t / "cfg" / "spool_proc.yaml", mq + "spool:\n  dir: /proc/edge-ssd-spool\n")
+    w["cfg_spool_small"] = _w(t / "cfg" / "spool_small.yaml", mq + "spool:\n  max_bytes: 10\n")
     w["cfg_sink_dir"] = _w(t / "cfg" / "sink_dir.yaml", good + f"sinks:\n  file:\n    path: {t / 'empty_dir'}\n")
     w["cfg_sink_full"] = _w(t / "cfg" / "sink_full.yaml", good + "sinks:\n  file:\n    path: /dev/full\n")
     pw = _w(t / "cfg" / "mqtt-password", SECRET + "\n")
@@ -310,6 +315,11 @@ CASES: list[Case] = [
     C("run-config-dup", ("run", "--config", "{cfg_dup}"), 2, "duplicate key", "config"),
     C("run-model-missing", ("run", "--config", "{cfg_nomodel}"), 2, "not found", "model"),
     C("run-spool-is-file", ("run", "--config", "{cfg_spool_file}"), 2, "spool", "spool"),
+    C("run-spool-corrupt-db", ("run", "--config", "{cfg_spool_corrupt}"), 2, "move it away", "spool"),
+    C("run-spool-cannot-create", ("run", "--config", "{cfg_spool_proc}"), 2, "/proc/edge-ssd-spool", "spool"),
+    C("config-spool-max-bytes", ("config", "check", "{cfg_spool_small}"), 2, "spool.max_bytes", "spool"),
+    C("doctor-spool-cannot-create", ("doctor", "--config", "{cfg_spool_proc}", "--timeout", "0.5"), 1,
+      "virtual file system", "spool"),
     C("run-file-sink-is-dir", ("run", "--config", "{cfg_sink_dir}"), 2, "sinks.file.path", "disk"),
     C("run-file-sink-full-disk", ("run", "--config", "{cfg_sink_full}"), 0, "No space left on device", "disk"),
     # ---- watch (broker)
@@ -413,6 +423,8 @@ CASES: list[Case] = [
     C("synth-out-is-file", ("synth", "{a_file}", "--train", "1", "--test", "0"), 2, "a_file", "disk"),
     C("synth-video-full-disk", ("synth", "{tmp}/s2", "--train", "1", "--test", "0", "--video", "/dev/full",
                                 "--frames", "2"), 2, "/dev/full", "disk"),
+    C("testmodel-write-alone", ("testmodel", "--write"), 2, "--rebuild", "checkpoint"),
+    C("testmodel-cache-is-file", ("testmodel", "--cache-dir", "{a_file}"), 2, "a_file", "disk"),
     C("demo-out-is-file", ("demo", "--out", "{a_file}"), 2, "a_file", "disk"),
     C("demo-frames-zero", ("demo", "--frames", "0"), 2, "--frames", "video"),
     # ---- fleet: keygen / sign-bundle / push-bundle / ha (bundles, URLs, broker, config)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import UserError
 from ..publish.scene import LabelRule, SourceRules, Zone
 from ..publish.tracker import TrackerSettings
+from ..redact import MASK, mask
 from ..runtime.backends import BackendChoice
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -315,7 +316,7 @@ class LoadedConfig:
                  f"{c.model.threads} threads{tpu})"]
         for s in c.sources:
             lab = "all labels" if s.labels.include is None else ",".join(s.labels.include)
-            url = re.sub(r"://[^@/]+@", "://***@", s.url)
+            url = mask(s.url)
             lines.append(f"  source {s.name}: {url} (score>={s.score_threshold}, {lab}"
                          f"{', max ' + str(s.max_fps) + ' fps' if s.max_fps else ''})")
         if c.mqtt:
@@ -528,5 +529,5 @@ def tracker_settings(cfg: Config) -> TrackerSettings:
 def as_dict(cfg: Config) -> dict[str, Any]:
     d = cfg.model_dump()
     if d.get("mqtt"):
-        d["mqtt"]["password"] = "***" if d["mqtt"].get("password") else None
+        d["mqtt"]["password"] = MASK if d["mqtt"].get("password") else None
     return d
