@@ -338,9 +338,10 @@ def check_gasket(root: str | Path = "/", device: str | None = None) -> list[Chec
 
 
 def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str | None = None,
-                  device: str | None = None) -> list[Check]:
+                  device: str | None = None, model_path: str | Path | None = None) -> list[Check]:
     """Coral USB (ids + link speed) / PCIe (/dev/apex_N, the gasket driver) presence, and whether the Edge TPU
-    delegate loads: probed in a child process, so a libedgetpu that crashes is reported, not fatal."""
+    delegate loads (and runs ``model_path``, an Edge TPU bundle's model, with it): probed in a child process, so a
+    libedgetpu that crashes is reported, not fatal."""
     from .runtime.edgetpu_probe import edgetpu_lib, probe_edgetpu
 
     out: list[Check] = []
@@ -372,7 +373,7 @@ def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str | Non
         else:
             out.append(Check("edgetpu", SKIP, "no Coral Edge TPU found (CPU inference)"))
         return out
-    probe = probe_edgetpu(device, lib=lib or edgetpu_lib())
+    probe = probe_edgetpu(device, model_path=model_path, lib=lib or edgetpu_lib())
     if probe.ok:
         out.append(Check("libedgetpu", OK, probe.message(), data={"status": probe.status}))
     else:
@@ -674,7 +675,9 @@ def run_checks(config: str | Path | None = None, bundle: str | Path | None = Non
     if bundle_info and rt.status != FAIL:
         threads = cfg.model.threads if cfg else None
         checks.append(measure_invoke(bundle_info[1], threads=threads, runs=invoke_runs))
-    checks.extend(check_edgetpu(root, required=required_tpu, device=cfg.model.edgetpu_device if cfg else None))
+    tpu_model = bundle_info[1] if bundle_info and bundle_info[0].target == "edgetpu" else None
+    checks.extend(check_edgetpu(root, required=required_tpu, device=cfg.model.edgetpu_device if cfg else None,
+                                model_path=tpu_model))
     checks.extend(check_camera(root, user=user))
 
     if cfg is not None and cfg.mqtt is not None and cfg.mqtt.password_file:

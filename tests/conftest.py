@@ -96,11 +96,27 @@ def photos():
     return [cv2.imread(str(p)) for p in sorted(FACES.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
 
 
-# tests that need a converted bundle (onnx2tf runs) are slow: `make test-fast` leaves them out
+# `make test-fast` (-m "not slow and not integration") is the edit-run loop: it leaves out the tests that need a
+# converted bundle (the fixtures below) and these, the heaviest of the rest (each tens of seconds of CPU: a real
+# onnx2tf run, training, a pip install, daemons as subprocesses). `make test` runs them all.
 HEAVY_FIXTURES = {"face_bundle", "face_int8_bundle", "test_model_int8_bundle"}
+HEAVY = {
+    "test_convert.py": "onnx2tf conversions",
+    "test_rollout.py": "three daemons roll bundles out over MQTT",
+    "test_daemon_e2e.py": "the daemon as a subprocess, broker killed and restarted",
+    "test_train.py::test_cli_trains_keeps_best_and_resumes": "training through the CLI, twice",
+    "test_train.py::test_overfits_a_handful_of_images": "80 optimiser steps",
+    "test_testmodel.py::test_training_end_to_end_on_small_settings": "training",
+    "test_testmodel.py::test_the_wheel_ships_the_checkpoint": "builds a wheel",
+    "test_install.py::test_real_venv_and_offline_pip_install": "a venv and a pip install",
+    "test_export.py::test_cli_": "each CLI call imports torch and exports",
+    "test_fetch.py::test_cli_fetch_model": "CLI export of fetched checkpoints",
+    "test_fleet_archive.py::test_cli_errors_are_one_line": "many CLI subprocesses",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        node = item.nodeid.split("/")[-1]
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())) or any(node.startswith(k) for k in HEAVY):
             item.add_marker(pytest.mark.slow)

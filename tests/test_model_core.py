@@ -195,6 +195,64 @@ def test_decode_matches_loops_and_encode_inverts():
     np.testing.assert_allclose(encode_boxes(d, priors), loc, atol=2e-4)
 
 
+def ref_decode_tf(rel_codes, anchors, scale_factors=(10.0, 10.0, 5.0, 5.0)):
+    """TF Object Detection API FasterRcnnBoxCoder._decode as loops: codes (ty, tx, th, tw), anchors (ycenter,
+    xcenter, h, w), boxes (ymin, xmin, ymax, xmax)."""
+    out = []
+    for (ty, tx, th, tw), (yca, xca, ha, wa) in zip(rel_codes.tolist(), anchors.tolist(), strict=True):
+        ty, tx, th, tw = ty / scale_factors[0], tx / scale_factors[1], th / scale_factors[2], tw / scale_factors[3]
+        w, h = math.exp(tw) * wa, math.exp(th) * ha
+        yc, xc = ty * ha + yca, tx * wa + xca
+        out.append([yc - h / 2, xc - w / 2, yc + h / 2, xc + w / 2])
+    return out
+
+
+def test_decode_tf_box_coder_matches_loops():
+    rng = np.random.default_rng(3)
+    anchors = generate_priors()[:, [1, 0, 3, 2]]  # (ycenter, xcenter, h, w)
+    codes = rng.normal(0, 2, (3000, 4)).astype(F32)
+    coding = box.BoxCoding(offset_order="cy,cx,h,w", variances=(0.1, 0.1, 0.2, 0.2), prior_layout="cy,cx,h,w",
+                           box_order="y1,x1,y2,x2")
+    got = box.from_xyxy(box.decode(codes, anchors, coding), coding.box_order)
+    np.testing.assert_allclose(got, np.asarray(ref_decode_tf(codes, anchors)), rtol=1e-5, atol=2e-6)
+    # per-axis variances (scale factors 8, 10, 4, 5) and mixed layouts: still the loops
+    coding = box.BoxCoding(offset_order="cy,cx,h,w", variances=(1 / 8, 0.1, 0.25, 0.2), prior_layout="cx,cy,w,h",
+                           box_order="x1,y1,x2,y2")
+    got = box.decode(codes, generate_priors(), coding)
+    ref = np.asarray(ref_decode_tf(codes, anchors, (8.0, 10.0, 4.0, 5.0)))[:, [1, 0, 3, 2]]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-6)
+
+
+def test_coding_defaults_are_pytorch_ssd_bit_for_bit():
+    rng = np.random.default_rng(4)
+    priors = generate_priors()
+    loc = rng.normal(0, 1, (3000, 4)).astype(F32)
+    np.testing.assert_array_equal(box.decode(loc, priors, box.BoxCoding.pytorch_ssd()), decode_boxes(loc, priors))
+    corners = decode_boxes(loc, priors)
+    assert box.to_xyxy(box.from_xyxy(corners, "y2,x1,x2,y1"), "y2,x1,x2,y1") is not corners
+    np.testing.assert_array_equal(box.to_xyxy(box.from_xyxy(corners, "y2,x1,x2,y1"), "y2,x1,x2,y1"), corners)
+
+
+@pytest.mark.parametrize("score_fn", ["softmax", "sigmoid"])
+def test_postprocess_with_coding_equals_canonical(score_fn):
+    """postprocess on a TF-layout tail (permuted offsets/priors) gives the pytorch-ssd-layout detections."""
+    rng = np.random.default_rng(5)
+    priors = generate_priors()
+    loc = rng.normal(0, 1, (3000, 4)).astype(F32)
+    logits = rng.normal(0, 3, (3000, 4)).astype(F32)
+    coding = box.BoxCoding(offset_order="cy,cx,h,w", prior_layout="cy,cx,h,w", box_order="y1,x1,y2,x2")
+    a = postprocess(logits, loc, priors, score_fn=score_fn, prob_threshold=0.6)
+    b = postprocess(logits, loc[:, [1, 0, 3, 2]], priors[:, [1, 0, 3, 2]], score_fn=score_fn, prob_threshold=0.6,
+                    coding=coding)
+    assert len(a) > 3
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.class_ids, b.class_ids)
+    if score_fn == "softmax":  # decoded corners in y-first order (box_encoding "corners") are reordered alike
+        c = postprocess(softmax(logits), box.from_xyxy(decode_boxes(loc, priors), coding.box_order), coding=coding,
+                        prob_threshold=0.6)
+        np.testing.assert_allclose(c.boxes, a.boxes, atol=1e-6)
+
+
 def test_softmax_matches_loops_and_is_stable():
     rng = np.random.default_rng(1)
     x = rng.normal(0, 5, (200, 21)).astype(F32)

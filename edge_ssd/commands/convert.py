@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .inspect import _shape
+from .inspect import _shape, raw_outputs
 
 
 def _floats(s: str) -> list[float]:
@@ -50,12 +50,19 @@ def register(subparsers) -> None:
     p.add_argument("--backend", choices=["flatbuffer_direct", "tf_converter"], default="flatbuffer_direct",
                    help="onnx2tf backend: flatbuffer_direct (default, no TensorFlow) or tf_converter (needs "
                         "convert/.venv-tf from `scripts/setup.sh --with-tf`, 2.7 GB)")
-    p.add_argument("--mean", type=_floats, default=None, help="normalisation mean (default 127)")
-    p.add_argument("--std", type=_floats, default=None, help="normalisation std (default 128)")
+    p.add_argument("--mean", type=_floats, default=None,
+                   help="normalisation mean the source graph expects (default 127; 0 when the graph normalises "
+                        "itself)")
+    p.add_argument("--std", type=_floats, default=None,
+                   help="normalisation std the source graph expects (default 128; 1 when the graph normalises "
+                        "itself)")
     p.add_argument("--input-shape", type=_shape, default=None, metavar="N,C,H,W", help="fix a dynamic input shape")
     p.add_argument("--score-threshold", type=float, default=0.5, help="score threshold for agreement and manifest")
     p.add_argument("--min-agreement", type=float, default=0.9,
                    help="minimum int8-vs-fp32 detection F1 (default 0.9); below it exit 4")
+    p.add_argument("--raw-outputs", type=raw_outputs, default=None, metavar="SCORES,BOXES",
+                   help="cut at these raw class-logits and box-offsets tensors when the tail is not found (the "
+                        "tail after them is proved or refused; see `edge-ssd inspect`)")
     p.add_argument("--postprocess-model", action="store_true",
                    help="also write model_postprocess.tflite + labelmap.txt: the int8 body ending in TFLite's "
                         "TFLite_Detection_PostProcess op (uint8 RGB in; boxes, classes, scores, count out), the "
@@ -83,7 +90,7 @@ def run(args) -> int:
                       input_shape=args.input_shape, calib_split=args.calib_split, val_split=args.val_split,
                       score_threshold=args.score_threshold, backend=args.backend, calibration=args.calibration,
                       percentile=args.percentile, postprocess_model=args.postprocess_model,
-                      allow_cpu_ops=args.allow_cpu_ops)
+                      allow_cpu_ops=args.allow_cpu_ops, raw_outputs=args.raw_outputs)
     print(format_markdown(r.report))
     print(f"bundle: {r.bundle_dir}")
     if not r.ok:

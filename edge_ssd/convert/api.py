@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..model.bundle import InputSpec, Manifest, OutputSpec, Postprocess, Quant, is_bundle, sha256_file, write_manifest
+from ..model.bundle import InputSpec, Manifest, OutputSpec, Quant, is_bundle, sha256_file, write_manifest
 from ..model.preprocess import Normalization
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,19 @@ def _labels(labels, onnx_path: Path, info, model):
     from ..model.labels import resolve_labels
 
     meta = {p.key: p.value for p in model.metadata_props}
-    return resolve_labels(onnx_path, info.tail.num_classes, explicit=labels, metadata=meta)
+    return resolve_labels(onnx_path, info.tail.num_classes, explicit=labels, metadata=meta,
+                          background=info.tail.background_class)
+
+
+def _labels_background(info, names: list[str]) -> int | None:
+    """The background column: the graph's; or 0 when the graph has none of its own (sigmoid over every column)
+    but the labels name column 0 BACKGROUND."""
+    from ..model.labels import is_background
+
+    t = info.tail
+    if t.background_class is None and names and is_background(names[0]):
+        return 0
+    return t.background_class
 
 
 def _images(calib, val, calib_count: int, calib_split, val_split, force: bool):
@@ -209,22 +221,20 @@ def _reference_model(onnx_path: Path, model, input_shape, work: Path) -> Path:
 
 def _manifest(model_file: Path, target: str, in_spec: InputSpec, scores: OutputSpec, boxes: OutputSpec, info,
               names: list[str], score_threshold: float, source: dict, converter: dict, fidelity: dict) -> Manifest:
-    t = info.tail
+    from .cut import tail_postprocess
+
     return Manifest(
         model_file=model_file.name, model_sha256=sha256_file(model_file), target=target, input=in_spec,
         scores=scores, boxes=boxes,
-        postprocess=Postprocess(score_fn=t.score_fn, box_encoding="offsets", center_variance=t.center_variance,
-                                size_variance=t.size_variance,
-                                priors=np.round(t.priors.astype(np.float64), 7).tolist(),
-                                score_threshold=score_threshold),
-        labels=names, source=source, converter=converter, fidelity=fidelity)
+        postprocess=tail_postprocess(info, score_threshold, _labels_background(info, names)), labels=names,
+        source=source, converter=converter, fidelity=fidelity)
 
 
 def _float_bundle(cut, info, norm: Normalization, names: list[str], score_threshold: float, source: dict,
                   work: Path) -> Path:
     """The cut float body (ONNX) as a bundle: the runtime runs it with the bundle's concatenation and decode,
     which proves the cut plus the device's tail against the source model."""
-    from .cut import cut_outputs, save_cut
+    from .cut import cut_input_name, cut_outputs, save_cut
 
     d = work / "float.bundle"
     d.mkdir()
@@ -236,7 +246,7 @@ def _float_bundle(cut, info, norm: Normalization, names: list[str], score_thresh
         parts = [{"name": n, "shape": shapes[n], "dtype": np.float32, "quantization": (0.0, 0)} for n in group]
         return _output_spec(parts, name, info.tail.num_priors, k)
 
-    in_spec = InputSpec(name=info.input.name, shape=[int(v) for v in info.input.shape], layout="NCHW",
+    in_spec = InputSpec(name=cut_input_name(info), shape=[int(v) for v in info.body_shape], layout="NCHW",
                         dtype="float32", color="RGB", mean=list(norm.mean), std=list(norm.std))
     m = _manifest(body, "float", in_spec, spec(lg, "scores", info.tail.num_classes), spec(of, "boxes", 4), info,
                   names, score_threshold, source, {"tool": "edge-ssd cut (float ONNX body)"}, {})
@@ -287,14 +297,14 @@ class _Job:
 def _attempt(job: _Job, recipe: Recipe, cut_path: Path, reference, val_images) -> Attempt:
     """Convert with one recipe, write the bundle, load it with the runtime and validate it."""
     from .calibrate import onnx2tf_scaling
-    from .cut import cut_outputs
+    from .cut import cut_input_name, cut_outputs
     from .onnx2tf_runner import run_onnx2tf
     from .validate import compare
 
     info = job.info
     mean, std = onnx2tf_scaling(job.norm)
     od = job.work / f"tf_{recipe.name}"
-    res = run_onnx2tf(cut_path, od, input_name=info.input.name, calib_npy=job.npy, mean=mean, std=std,
+    res = run_onnx2tf(cut_path, od, input_name=cut_input_name(info), calib_npy=job.npy, mean=mean, std=std,
                       quant_type=recipe.quant_type, input_dtype="int8", output_dtype="int8", backend=job.backend,
                       log_path=job.work / f"onnx2tf-{recipe.name}.log", progress=job.progress,
                       activation_percentile=recipe.percentile if recipe.calibration == "percentile" else None)
@@ -368,7 +378,7 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
                   val_split: str | None = None, score_threshold: float = 0.5, keep_work: bool = False,
                   backend: str = "flatbuffer_direct", calibration: str | None = None,
                   percentile: float = 99.999, postprocess_model: bool = False,
-                  allow_cpu_ops: bool = False) -> ConvertResult:
+                  allow_cpu_ops: bool = False, raw_outputs: tuple[str, str] | None = None) -> ConvertResult:
     """Convert ``onnx_path`` into the bundle directory ``out_dir``; see the module docstring."""
     from . import calibrate as cal
     from .cut import cut_model
@@ -383,12 +393,14 @@ def convert_model(onnx_path, out_dir, *, calib, calib_count: int = 200, val=None
         raise UserError(f"--backend {backend!r}: use {' or '.join(BACKENDS)}")
     find_onnx2tf(backend)  # a missing toolchain fails before minutes of calibration
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    norm = Normalization(tuple(mean) if mean else (127.0, 127.0, 127.0), tuple(std) if std else (128.0,) * 3)
-    model, info = load_and_inspect(onnx_path, input_shape)
+    model, info = load_and_inspect(onnx_path, input_shape, raw_outputs=raw_outputs)
     if not info.tail.recognised:
         # whole-graph int8 would need float outputs and failed on every real SSD we measured; refuse clearly
-        raise UserError(f"{onnx_path}: post-processing tail not recognised ({info.tail.reason}); edge-ssd converts "
-                        "pytorch-ssd style SSDs (softmax scores + decoded boxes) - run `edge-ssd inspect` for details")
+        raise UserError(f"{onnx_path}: post-processing tail not recognised ({info.tail.reason})")
+    # feed: what the source graph expects (raw pixels when it normalises itself); the int8 body starts after the
+    # graph's own normalisation, so the bundle's input table applies both
+    norm = Normalization(tuple(mean) if mean else tuple(info.normalization["mean"]),
+                         tuple(std) if std else tuple(info.normalization["std"]))
     calib_images, val_images, val_source, warnings = _images(calib, val, calib_count, calib_split, val_split, force)
     lab = _labels(labels, onnx_path, info, model)
     if lab.source == "placeholder":
@@ -412,15 +424,17 @@ def _convert(onnx_path, out_dir, work, model, info, norm, names, plan, calib_ima
              warnings, *, calib_count, input_shape, target, backend, force, progress, score_threshold,
              min_agreement, t_start, cut_model, cal, postprocess_model=False, allow_cpu_ops=False) -> ConvertResult:
     from ..runtime.detector import load_detector
+    from .cut import source_postprocess
     from .validate import reference_outputs
 
     # 1. the reference: the source ONNX through the runtime's own loader (loaded on first use, so unreadable
-    # calibration images fail first, alone)
+    # calibration images fail first, alone), its outputs read as the proved tail lays them out
     reference_model = functools.cache(lambda: load_detector(
         _reference_model(onnx_path, model, input_shape, work), backend="onnxruntime", labels=names,
-        normalization=norm, score_threshold=score_threshold))
+        normalization=norm, score_threshold=score_threshold,
+        postprocess=source_postprocess(info, _labels_background(info, names))))
     # 2. calibration data through the same preprocessing
-    layout = "NCHW" if info.input.shape[1] == 3 else "NHWC"
+    layout = info.input_layout
     calib_data = cal.build_calibration(calib_images, lambda img: reference_model().preprocess(img), norm,
                                        calib_count, force=force, progress=progress, layout=layout)
     ref = reference_model()
@@ -432,12 +446,14 @@ def _convert(onnx_path, out_dir, work, model, info, norm, names, plan, calib_ima
     # 3. cut; the float body as a bundle through the runtime must reproduce the source model
     source = {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "opset": info.opset,
               "input_shape_nchw": info.input.shape, "priors_match_mobilenet_ssd_spec": info.tail.priors_match_spec,
-              "raw_outputs": {"scores": info.tail.logits_tensor, "boxes": info.tail.offsets_tensor}}
+              "raw_outputs": {"scores": info.tail.logits_tensor, "boxes": info.tail.offsets_tensor},
+              "family": info.tail.family, "input_layout": info.input_layout, "graph_normalization": info.graph_norm}
     cut = cut_model(model, info)
-    fb = _float_bundle(cut, info, norm, names, score_threshold, source, work)
+    body = info.body_normalization(norm)  # the bundle's input normalisation
+    fb = _float_bundle(cut, info, body, names, score_threshold, source, work)
     chk = _cut_check(reference, fb, val_images, score_threshold)
     # 4. each recipe: onnx2tf, a bundle, validated by the runtime against the reference
-    job = _Job(info, norm, names, work, npy, backend, target, score_threshold, source, progress,
+    job = _Job(info, body, names, work, npy, backend, target, score_threshold, source, progress,
                postprocess_model, allow_cpu_ops, ref)
     attempts = [_attempt(job, r, fb / "model.onnx", reference, val_images) for r in plan]
     for a in attempts:

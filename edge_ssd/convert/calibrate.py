@@ -119,10 +119,11 @@ def to_unit_range(x: np.ndarray, norm: Normalization) -> np.ndarray:
 
 
 def check_scaling(x: np.ndarray, norm: Normalization) -> float:
-    """Max abs error of onnx2tf's normalisation of our calibration data vs our preprocessing."""
+    """Max error of onnx2tf's normalisation of our calibration data vs our preprocessing, relative to the input's
+    range (a graph that normalises itself is fed raw 0..255 pixels)."""
     m, s = onnx2tf_scaling(norm)
     back = (to_unit_range(x, norm) - np.asarray(m, np.float32)) / np.asarray(s, np.float32)
-    return float(np.max(np.abs(back - x)))
+    return float(np.max(np.abs(back - x))) / max(1.0, float(np.max(np.abs(x))))
 
 
 @dataclass

@@ -22,6 +22,9 @@ from .validate import Agreement
 log = logging.getLogger(__name__)
 
 MIN_BUNDLE_F1 = 0.99  # the body is the bundle's: only the float tail and the NMS implementation differ
+# an approximated input (a non-integer mean on the Edge TPU) may move detections near the threshold: it must then
+# agree with the ONNX model at least as well as the bundle does, less this margin
+MAX_ONNX_F1_LOSS = 0.02
 
 
 class ConsumerReader:
@@ -66,9 +69,11 @@ class ConsumerReader:
         return boxes, classes, scores, count
 
     def detect(self, bgr: np.ndarray, score_threshold: float) -> Detections:
-        """Detections in the bundle's convention: (x1, y1, x2, y2) boxes, the bundle's class ids."""
+        """Detections in the bundle's convention: (x1, y1, x2, y2) boxes, the bundle's class ids, scores strictly
+        above ``score_threshold`` as the device keeps them (pycoral keeps ``>=``: with int8 heads a sigmoid of a
+        logit that dequantises to exactly 0 scores exactly 0.5, so the two differ at 0.5)."""
         boxes, classes, scores, count = self.raw(resize_rgb(bgr, self.w, self.h))
-        keep = [i for i in range(count) if scores[i] >= score_threshold]
+        keep = [i for i in range(count) if scores[i] > score_threshold]
         if not keep:
             return Detections.empty()
         b = boxes[keep][:, [1, 0, 3, 2]].astype(np.float32)
@@ -87,8 +92,8 @@ def _images(images):
 
 
 def validate_postprocess_model(pp_path, bundle_dir, onnx=None, images=(), *, score_threshold: float = 0.5,
-                               max_images: int = 100) -> dict:
-    """F1 at IoU 0.5 of the post-process model's detections (score >= ``score_threshold``) against the bundle
+                               max_images: int = 100, exact_input: bool = True) -> dict:
+    """F1 at IoU 0.5 of the post-process model's detections (score > ``score_threshold``) against the bundle
     (LiteRT through ``load_detector``) and the source ONNX model (ONNX Runtime): ``onnx`` is its path or the
     reference detector the conversion already loaded."""
     from ..runtime.detector import load_detector
@@ -106,14 +111,16 @@ def validate_postprocess_model(pp_path, bundle_dir, onnx=None, images=(), *, sco
             ref_onnx = load_detector(onnx, labels=labels)
         except UserError as e:
             onnx_note = f"ONNX reference not run: {e}"
-    vs_bundle, vs_onnx = Agreement(), Agreement()
+    vs_bundle, vs_onnx, bundle_vs_onnx = Agreement(), Agreement(), Agreement()
     score_err, used = 0.0, 0
     for img in _images(images):
         d_pp = reader.detect(img, score_threshold)
         d_b = bundle.detect(img, score_threshold)
         vs_bundle.add(d_b, d_pp)
         if ref_onnx is not None:
-            vs_onnx.add(ref_onnx.detect(img, score_threshold), d_pp)
+            d_ref = ref_onnx.detect(img, score_threshold)
+            vs_onnx.add(d_ref, d_pp)
+            bundle_vs_onnx.add(d_ref, d_b)
         if len(d_pp) and len(d_b) and len(d_pp) == len(d_b):
             score_err = max(score_err, float(np.abs(np.sort(d_pp.scores) - np.sort(d_b.scores)).max()))
         used += 1
@@ -124,11 +131,14 @@ def validate_postprocess_model(pp_path, bundle_dir, onnx=None, images=(), *, sco
     lat = np.asarray(reader.invoke_s[1:] or reader.invoke_s) * 1000
     out = {"images": used, "score_threshold": score_threshold, "match_iou": 0.5, "layout": reader.layout(),
            "vs_bundle": vs_bundle.summary(), "vs_onnx": vs_onnx.summary() if ref_onnx is not None else None,
+           "bundle_vs_onnx": bundle_vs_onnx.summary() if ref_onnx is not None else None, "exact_input": exact_input,
            "max_score_diff_vs_bundle": round(score_err, 6),
            "latency_ms": {"median": round(float(np.median(lat)), 2), "p90": round(float(np.percentile(lat, 90)), 2)},
            "min_bundle_f1": MIN_BUNDLE_F1}
     if onnx_note:
         out["note"] = onnx_note
     out["ok"] = out["vs_bundle"]["f1"] >= MIN_BUNDLE_F1
+    if not exact_input and ref_onnx is not None:
+        out["ok"] = out["vs_onnx"]["f1"] >= out["bundle_vs_onnx"]["f1"] - MAX_ONNX_F1_LOSS
     return out
 

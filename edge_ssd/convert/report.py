@@ -95,7 +95,7 @@ def _ecosystem_rows(rep: dict) -> list[str]:
         rows.append(f"| post-process model | {pp['file']} + {pp.get('labelmap')}: input {pp['input_dtype']} "
                     f"(scale {_f(pp.get('input_scale'))}, zero point {pp.get('input_zero_point')}), "
                     f"{pp['num_classes']} classes, max {pp['op_options']['max_detections']} detections |")
-        rows.append(f"| post-process model vs bundle / vs ONNX (F1, score >= {v.get('score_threshold')}, "
+        rows.append(f"| post-process model vs bundle / vs ONNX (F1, score > {v.get('score_threshold')}, "
                     f"{v.get('images')} images) | **{_f(b.get('f1'))}** / {_f(o.get('f1'))} "
                     f"(median invoke {_f((v.get('latency_ms') or {}).get('median'), 3)} ms) |")
         if pp.get("edgetpu"):

@@ -317,16 +317,22 @@ class LoadedConfig:
         for s in c.sources:
             lab = "all labels" if s.labels.include is None else ",".join(s.labels.include)
             url = mask(s.url)
+            extra = "".join(f", {n} {k}" for n, k in ((len(s.filters), "filter(s)"), (len(s.zones), "zone(s)")) if n)
             lines.append(f"  source {s.name}: {url} (score>={s.score_threshold}, {lab}"
-                         f"{', max ' + str(s.max_fps) + ' fps' if s.max_fps else ''})")
+                         f"{', max ' + str(s.max_fps) + ' fps' if s.max_fps else ''}{extra})")
         if c.mqtt:
             m = c.mqtt
             auth = f", user {m.username}" if m.username else ""
             lines.append(f"  mqtt: {'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port} qos {m.qos}, prefix "
                          f"{m.topic_prefix}/{c.device}{auth}, password {'set' if self.password else 'not set'}")
+            det = m.detections if isinstance(m.detections, str) else f"every {m.detections:g} s"
+            lines.append(f"  topics: detections {det}, events {'on' if m.events else 'off'}, MQTT "
+                         f"{'5' if m.protocol == 5 else '3.1.1'}")
             lines.append(f"  spool: {c.spool.resolved_dir()} (max {c.spool.max_bytes} bytes, {c.spool.max_age:g} s)")
             ha = c.homeassistant
             lines.append(f"  homeassistant: {'on, ' + ha.discovery_prefix if ha.enabled else 'off'}")
+        if c.metrics:
+            lines.append(f"  metrics: http://{c.metrics.host}:{c.metrics.port}/metrics")
         sinks = [n for n, on in (("stdout", c.stdout_enabled), ("file", c.sinks.file is not None)) if on]
         lines.append(f"  sinks: {', '.join(sinks) or 'none'}{' + mqtt' if c.mqtt else ''}")
         return "\n".join(lines)

@@ -1,9 +1,12 @@
 """Box decoding, score functions and non-maximum suppression (pure numpy).
 
 Semantics follow qfgaohao/pytorch-ssd (``box_utils_numpy.py`` and ``Predictor``): decode raw offsets
-``(cx, cy, w, h)`` against priors with center/size variances; per class (background 0 skipped) keep the
-candidates above ``prob_threshold``, take the ``candidate_size`` best, greedy hard NMS at ``iou_threshold``
-(IoU with ``eps = 1e-5`` in the denominator, like pytorch-ssd), at most ``top_k`` per class.
+``(cx, cy, w, h)`` against priors with center/size variances (other families' layouts, e.g. the TF Object
+Detection API's ``(ty, tx, th, tw)`` offsets, ``(ycenter, xcenter, h, w)`` anchors and ``(ymin, xmin, ymax, xmax)``
+boxes, are described by a :class:`BoxCoding` and mapped onto the same decode by column permutations); per
+class (background 0 skipped) keep the candidates above ``prob_threshold``, take the ``candidate_size`` best,
+greedy hard NMS at ``iou_threshold`` (IoU with ``eps = 1e-5`` in the denominator, like pytorch-ssd), at most
+``top_k`` per class.
 
 Ties: candidates are ordered by score descending, equal scores by lower prior index first (a stable order
 that pytorch-ssd leaves unspecified). Candidates with a non-finite score or box are dropped.
@@ -15,7 +18,7 @@ compared), so the Python loop runs once per *kept* box, not once per candidate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -60,10 +63,11 @@ def corner_to_center(boxes: np.ndarray) -> np.ndarray:
 def decode_boxes(
     locations: np.ndarray,
     priors: np.ndarray,
-    center_variance: float = CENTER_VARIANCE,
-    size_variance: float = SIZE_VARIANCE,
+    center_variance: float | np.ndarray = CENTER_VARIANCE,
+    size_variance: float | np.ndarray = SIZE_VARIANCE,
 ) -> np.ndarray:
-    """Raw offsets ``(..., N, 4)`` against priors ``(N, 4)`` (center form) to corner-form boxes."""
+    """Raw offsets ``(..., N, 4)`` against priors ``(N, 4)`` (center form) to corner-form boxes. The variances
+    are scalars (pytorch-ssd) or (x, y) / (w, h) pairs."""
     loc = np.asarray(locations, dtype=np.float32)
     pri = np.asarray(priors, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -71,6 +75,79 @@ def decode_boxes(
         sizes = np.exp(loc[..., 2:] * size_variance) * pri[:, 2:]
     half = sizes * 0.5
     return np.concatenate([centers - half, centers + half], axis=-1)
+
+
+CANONICAL_OFFSETS = ("cx", "cy", "w", "h")
+CANONICAL_CORNERS = ("x1", "y1", "x2", "y2")
+
+
+def _tokens(order: str | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(t.strip() for t in order.split(",")) if isinstance(order, str) else tuple(order)
+
+
+@dataclass(frozen=True)
+class BoxCoding:
+    """How a family lays out its tail's tensors (see :class:`edge_ssd.model.bundle.Postprocess`):
+
+    ``offset_order``: column order of the raw offsets (``cx,cy`` center offsets, ``w,h`` log-size offsets);
+    ``variances``: one multiplier per offset column, in ``offset_order`` (TF box coder: 1 / scale factor);
+    ``prior_layout``: column order of the priors (center form); ``box_order``: column order of decoded corners.
+    The defaults are pytorch-ssd's.
+    """
+
+    offset_order: str = "cx,cy,w,h"
+    variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    prior_layout: str = "cx,cy,w,h"
+    box_order: str = "x1,y1,x2,y2"
+
+    @classmethod
+    def pytorch_ssd(cls, center_variance: float = CENTER_VARIANCE, size_variance: float = SIZE_VARIANCE):
+        return cls(variances=(center_variance, center_variance, size_variance, size_variance))
+
+    def offsets_index(self) -> list[int] | None:
+        """Columns of the raw offsets giving (cx, cy, w, h), or None when they are in that order already."""
+        t = _tokens(self.offset_order)
+        idx = [t.index(k) for k in CANONICAL_OFFSETS]
+        return None if idx == [0, 1, 2, 3] else idx
+
+    def center_size_variances(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) center and (w, h) size variances as float32 arrays."""
+        by = dict(zip(_tokens(self.offset_order), self.variances, strict=True))
+        return (np.asarray([by["cx"], by["cy"]], np.float32), np.asarray([by["w"], by["h"]], np.float32))
+
+    def canonical_priors(self, priors: np.ndarray) -> np.ndarray:
+        """Priors in (cx, cy, w, h) from ``prior_layout``."""
+        t = _tokens(self.prior_layout)
+        idx = [t.index(k) for k in CANONICAL_OFFSETS]
+        p = np.asarray(priors, dtype=np.float32)
+        return p if idx == [0, 1, 2, 3] else np.ascontiguousarray(p[:, idx])
+
+    def with_canonical_priors(self) -> BoxCoding:
+        return replace(self, prior_layout=",".join(CANONICAL_OFFSETS))
+
+
+def to_xyxy(boxes: np.ndarray, box_order: str = "x1,y1,x2,y2") -> np.ndarray:
+    """Corner boxes with columns in ``box_order`` to (x1, y1, x2, y2)."""
+    t = _tokens(box_order)
+    idx = [t.index(k) for k in CANONICAL_CORNERS]
+    return boxes if idx == [0, 1, 2, 3] else boxes[..., idx]
+
+
+def from_xyxy(boxes: np.ndarray, box_order: str = "x1,y1,x2,y2") -> np.ndarray:
+    """(x1, y1, x2, y2) corner boxes to columns in ``box_order``."""
+    idx = [CANONICAL_CORNERS.index(k) for k in _tokens(box_order)]
+    return boxes if idx == [0, 1, 2, 3] else boxes[..., idx]
+
+
+def decode(locations: np.ndarray, priors: np.ndarray, coding: BoxCoding) -> np.ndarray:
+    """:func:`decode_boxes` for any :class:`BoxCoding`: raw offsets (..., N, 4) in ``offset_order`` against
+    priors in ``prior_layout`` to (x1, y1, x2, y2) corners (the same arithmetic, columns permuted)."""
+    idx = coding.offsets_index()
+    loc = np.asarray(locations, dtype=np.float32)
+    if idx is not None:
+        loc = loc[..., idx]
+    cv, sv = coding.center_size_variances()
+    return decode_boxes(loc, coding.canonical_priors(priors), cv, sv)
 
 
 def encode_boxes(
@@ -356,11 +433,14 @@ def postprocess(
     background: int | None = 0,
     nms: str = "hard",
     sigma: float = 0.5,
+    coding: BoxCoding | None = None,
 ) -> Detections:
     """Full SSD tail for one image.
 
     ``scores`` (N, C): probabilities (``score_fn="none"``) or logits (``"softmax"``/``"sigmoid"``).
-    ``boxes`` (N, 4): corner form when ``priors`` is None, else raw offsets decoded against ``priors``.
+    ``boxes`` (N, 4): corner form (columns ``coding.box_order``) when ``priors`` is None, else raw offsets
+    decoded against ``priors``; with ``coding`` (another family's layout, see :class:`BoxCoding`) the offsets,
+    priors and corners follow it and ``center_variance``/``size_variance`` are ignored.
     """
     if scores.ndim == 3:
         scores = scores[0]
@@ -380,7 +460,12 @@ def postprocess(
         if priors is not None:
             priors = np.asarray(priors)[rows]
     if priors is not None:
-        boxes = decode_boxes(boxes, priors, center_variance, size_variance)
+        if coding is None:
+            boxes = decode_boxes(boxes, priors, center_variance, size_variance)
+        else:
+            boxes = decode(boxes, priors, coding)
+    elif coding is not None:
+        boxes = to_xyxy(np.asarray(boxes), coding.box_order)
     if nms == "hard":
         return hard_nms(scores, boxes, iou_threshold, prob_threshold, candidate_size, top_k, background)
     if nms == "soft":

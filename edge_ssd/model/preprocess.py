@@ -49,12 +49,22 @@ def resize_rgb(image: np.ndarray, width: int, height: int, bgr: bool = True,
     return np.ascontiguousarray(resized)
 
 
+def normalize(rgb: np.ndarray, norm: Normalization = PYTORCH_SSD) -> np.ndarray:
+    """``(x - mean) / std`` per channel of ``...x3`` RGB values (uint8 or float) as float32: the one definition
+    of the model's input normalisation (training, calibration, the device's lookup tables)."""
+    mean, std = norm.as_arrays()
+    return (np.asarray(rgb).astype(np.float32) - mean) / std
+
+
+def value_table(norm: Normalization = PYTORCH_SSD) -> np.ndarray:
+    """(3, 256): :func:`normalize` of every uint8 value, per channel."""
+    return np.ascontiguousarray(normalize(np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1), norm).T)
+
+
 def preprocess(image: np.ndarray, width: int, height: int, norm: Normalization = PYTORCH_SSD,
                bgr: bool = True, layout: str = "NCHW") -> np.ndarray:
     """Frame (HxWx3 uint8, BGR by default as OpenCV reads it) to a float32 batch of one, normalised."""
-    rgb = resize_rgb(image, width, height, bgr=bgr)
-    mean, std = norm.as_arrays()
-    x = (rgb.astype(np.float32) - mean) / std
+    x = normalize(resize_rgb(image, width, height, bgr=bgr), norm)
     if layout == "NCHW":
         return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
     if layout == "NHWC":
@@ -64,9 +74,7 @@ def preprocess(image: np.ndarray, width: int, height: int, norm: Normalization =
 
 def input_lut(norm: Normalization, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
     """A (3, 256) table mapping a uint8 RGB value per channel to the quantised model input."""
-    mean, std = norm.as_arrays()
-    v = np.arange(256, dtype=np.float32)[None, :]
-    real = (v - mean[:, None]) / std[:, None]
+    real = value_table(norm)
     info = np.iinfo(dtype)
     q = np.clip(np.round(real / scale) + zero_point, info.min, info.max)
     return q.astype(dtype)

@@ -31,10 +31,10 @@ class Topics:
     def detections(self, source: str) -> str:  # JSON per processed frame
         return f"{self.base}/{source}/detections"
 
-    def count(self, source: str, label: str) -> str:  # retained integer, published on change
+    def count(self, source: str, label: str) -> str:  # retained integer: confirmed tracks of label, on change
         return f"{self.base}/{source}/{slug(label)}/count"
 
-    def total(self, source: str) -> str:  # retained integer: all objects passing the source's filters
+    def total(self, source: str) -> str:  # retained integer: all confirmed tracks of the source
         return f"{self.base}/{source}/count"
 
     def zone_count(self, source: str, zone: str, label: str | None = None) -> str:  # retained integer

@@ -10,16 +10,18 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from .backends import TFLITE_BACKENDS
 from .stats import Summary, summarize_ms
 
 # backends that run a .tflite, in the order they are tried (edgetpu only when asked for)
-_TFLITE_ORDER = ("litert", "tflite_runtime", "tensorflow", "edgetpu")
+_TFLITE_ORDER = (*TFLITE_BACKENDS, "edgetpu")
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,8 @@ def plot_results(rows: list[BenchRow], path: str) -> None:
     plt.close(fig)
 
 
-def _jobs(models: list[str], onnx: list[str], threads, backends: list[str] | None, avail: dict) -> list[tuple]:
+def _jobs(models: list[str], onnx: list[str], threads: Sequence[int | None], backends: Sequence[str] | None,
+          avail: dict) -> list[tuple[str, str, int | None]]:
     """(model, backend, threads) to measure: each model on every installed TFLite backend asked for, and the
     ONNX models (given, or the bundles' sources) on ONNX Runtime."""
     jobs: list[tuple[str, str, int | None]] = []
@@ -330,8 +333,8 @@ def _jobs(models: list[str], onnx: list[str], threads, backends: list[str] | Non
     return jobs
 
 
-def run_bench(models: list[str], onnx: list[str] = (), labels: str | None = None, frames: int = 200,
-              warmup: int = 10, threads: list[int | None] = (None,), backends: list[str] | None = None,
+def run_bench(models: Sequence[str], onnx: Sequence[str] = (), labels: str | None = None, frames: int = 200,
+              warmup: int = 10, threads: Sequence[int | None] = (None,), backends: Sequence[str] | None = None,
               image: str | None = None, pipeline: bool = True, rss: bool = True,
               progress: bool = True) -> BenchResult:
     """Everything ``edge-ssd bench`` measures: one :class:`BenchRow` per model/backend/threads."""
@@ -342,7 +345,8 @@ def run_bench(models: list[str], onnx: list[str] = (), labels: str | None = None
 
     avail = {b["name"]: b for b in available_backends()}
     frame = bench_frame(image)
-    rows, skipped = [], []
+    rows: list[BenchRow] = []
+    skipped: list[Skipped] = []
     for m, b, t in tqdm(_jobs(list(models), list(onnx), threads, backends, avail), desc="bench", unit="config",
                         disable=None if progress else True):
         try:
@@ -388,6 +392,6 @@ def format_table(res: BenchResult) -> str:
         m = res.rss
         lines.append(f"resident memory of a pipeline process ({m.backend}, {m.model}): "
                      f"{m.rss_mb if m.error is None else m.error} MB")
-    for s in res.skipped:
-        lines.append(f"skipped {s.model} on {s.backend}: {s.error}")
+    for sk in res.skipped:
+        lines.append(f"skipped {sk.model} on {sk.backend}: {sk.error}")
     return "\n".join(lines)

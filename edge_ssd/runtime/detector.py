@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..model import box as boxlib
 from ..model.bundle import BundleError, is_bundle, load_manifest
 from ..model.labels import resolve_labels
-from ..model.preprocess import Normalization, input_lut
+from ..model.preprocess import Normalization, input_lut, value_table
 from .backends import Backend, TensorInfo, open_backend
 from .onnx import identify_outputs
 
@@ -53,6 +53,23 @@ class PostprocessConfig:
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     candidate_size: int = 200
     top_k: int = -1
+    # the family's layout of offsets, priors and corners (bundle.Postprocess's orders; default pytorch-ssd)
+    coding: boxlib.BoxCoding = field(default_factory=boxlib.BoxCoding)
+    # the scores output starts at this logit column (a source graph that slices its background column off):
+    # the host puts the columns back, as NaN (never a candidate, not compared), so class ids match the labels
+    score_offset: int = 0
+    num_classes: int | None = None  # every logit column, when score_offset pads (None: the output's own)
+
+    @classmethod
+    def from_manifest(cls, pp) -> PostprocessConfig:
+        """From a :class:`edge_ssd.model.bundle.Postprocess`."""
+        coding = boxlib.BoxCoding(offset_order=pp.offset_order, variances=tuple(pp.variances_in_offset_order()),
+                                  prior_layout=pp.prior_layout, box_order=pp.box_order)
+        priors = None if pp.priors is None else np.asarray(pp.priors, dtype=np.float32).reshape(-1, 4)
+        return cls(score_fn=pp.score_fn, box_encoding=pp.box_encoding, priors=priors,
+                   center_variance=pp.center_variance, size_variance=pp.size_variance, background=pp.background_class,
+                   iou_threshold=pp.iou_threshold, score_threshold=pp.score_threshold,
+                   candidate_size=pp.candidate_size, top_k=pp.top_k, coding=coding)
 
 
 @dataclass
@@ -94,9 +111,7 @@ class Detector:
             if self.input_dtype.kind in "iu":
                 raise UserError(f"{source_path}: input tensor is {self.input_dtype} without quantisation "
                                 "parameters; re-run `edge-ssd convert`")
-            mean, std = inp.norm.as_arrays()
-            v = np.arange(256, dtype=np.float32)[None, :]
-            lut = ((v - mean[:, None]) / std[:, None]).astype(np.float32)
+            lut = value_table(inp.norm)
         self._lut_cv = np.ascontiguousarray(lut.T[None])  # (1, 256, 3)
         if self.input_dtype == np.int8:  # cv2.LUT has no int8 depth: apply on the uint8 view of the table
             self._lut_cv = self._lut_cv.view(np.uint8)
@@ -105,7 +120,12 @@ class Detector:
         self._rgb = np.empty((self._h, self._w, 3), np.uint8)
         self._hwc = np.empty((self._h, self._w, 3), self._lut_cv.dtype)  # scratch for NCHW models
         self._tensor = self.new_input_buffer()
-        self._priors = post.priors if post.box_encoding == "offsets" else None
+        # priors in (cx, cy, w, h) once, so the per-frame decode only permutes the offsets of a family's layout
+        self._priors = None
+        if post.box_encoding == "offsets" and post.priors is not None:
+            self._priors = post.coding.canonical_priors(post.priors)
+        self._coding = None if post.coding == boxlib.BoxCoding.pytorch_ssd(post.center_variance, post.size_variance) \
+            else post.coding.with_canonical_priors()
 
     # -- properties -------------------------------------------------------------------------------------
     @property
@@ -159,10 +179,21 @@ class Detector:
     def postprocess(self, raw: dict[str, np.ndarray], score_threshold: float | None = None) -> Detections:
         p = self.post
         thr = self.score_threshold if score_threshold is None else score_threshold
+        scores = raw[self.scores_name]
+        if p.score_offset:
+            scores = self._pad_columns(scores)
         return boxlib.postprocess(
-            raw[self.scores_name], raw[self.boxes_name], self._priors, score_fn=p.score_fn,
+            scores, raw[self.boxes_name], self._priors, score_fn=p.score_fn,
             center_variance=p.center_variance, size_variance=p.size_variance, iou_threshold=p.iou_threshold,
-            prob_threshold=thr, candidate_size=p.candidate_size, top_k=p.top_k, background=p.background)
+            prob_threshold=thr, candidate_size=p.candidate_size, top_k=p.top_k, background=p.background,
+            coding=self._coding)
+
+    def _pad_columns(self, scores: np.ndarray) -> np.ndarray:
+        s = scores.reshape(-1, scores.shape[-1])
+        k = self.post.score_offset
+        out = np.full((s.shape[0], max(self.post.num_classes or 0, s.shape[1] + k)), np.nan, np.float32)
+        out[:, k:k + s.shape[1]] = s
+        return out
 
     def decode(self, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Every prior's class probabilities (N, C) and corner box (N, 4), before thresholds and NMS (the tail
@@ -174,8 +205,15 @@ class Detector:
             s = boxlib.softmax(s.astype(np.float32))
         elif p.score_fn == "sigmoid":
             s = boxlib.sigmoid(s.astype(np.float32))
+        if p.score_offset:
+            s = self._pad_columns(s)
         if self._priors is not None:
-            b = boxlib.decode_boxes(b, self._priors, p.center_variance, p.size_variance)
+            if self._coding is None:
+                b = boxlib.decode_boxes(b, self._priors, p.center_variance, p.size_variance)
+            else:
+                b = boxlib.decode(b.reshape(-1, 4), self._priors, self._coding)
+        elif self._coding is not None:
+            b = boxlib.to_xyxy(b, self._coding.box_order)
         return s, b
 
     def detect(self, bgr: np.ndarray, score_threshold: float | None = None) -> Detections:
@@ -217,9 +255,11 @@ def load_detector(path: str | Path, backend: str = "auto", threads: int | None =
                   score_threshold: float | None = None, labels: str | Path | list | None = None,
                   iou_threshold: float | None = None, top_k: int | None = None,
                   edgetpu_device: str | None = None, normalization: Normalization | None = None,
-                  labels_required: bool = False) -> Detector:
+                  labels_required: bool = False, postprocess: PostprocessConfig | None = None) -> Detector:
     """Load a bundle directory, an ``.onnx`` model or a bare ``.tflite`` (see the module docstring).
-    ``normalization`` sets an ``.onnx`` model's input normalisation (default pytorch-ssd's (x-127)/128).
+    ``normalization`` sets an ``.onnx`` model's input normalisation (default pytorch-ssd's (x-127)/128),
+    ``postprocess`` how its outputs are laid out (default: pytorch-ssd's probabilities and x1,y1,x2,y2 corners;
+    the converter passes the tail it proved, e.g. a TF graph's sliced scores and ymin-first boxes).
     Without labels anywhere the classes are named ``class1...`` with a warning, or, with ``labels_required``,
     a one-line error."""
     p = Path(path)
@@ -231,7 +271,7 @@ def load_detector(path: str | Path, backend: str = "auto", threads: int | None =
     elif p.is_dir():
         raise UserError(f"{p}: directory has no manifest.json; pass a bundle written by `edge-ssd convert`")
     elif p.suffix == ".onnx":
-        det = _load_onnx(p, backend, threads, labels, normalization)
+        det = _load_onnx(p, backend, threads, labels, normalization, postprocess)
     elif p.suffix == ".tflite":
         det = _load_bare_tflite(p, backend, threads, labels, edgetpu_device)
     else:
@@ -288,10 +328,7 @@ def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Dete
     inp = InputConfig(width=ins.width, height=ins.height, layout=ins.layout, color=ins.color,
                       norm=Normalization(tuple(ins.mean), tuple(ins.std)))
     pp = m.postprocess
-    post = PostprocessConfig(score_fn=pp.score_fn, box_encoding=pp.box_encoding, priors=m.priors_array(),
-                             center_variance=pp.center_variance, size_variance=pp.size_variance,
-                             background=pp.background_class, iou_threshold=pp.iou_threshold,
-                             score_threshold=pp.score_threshold, candidate_size=pp.candidate_size, top_k=pp.top_k)
+    post = PostprocessConfig.from_manifest(pp)
     lab = resolve_labels(p, m.scores.shape[-1], explicit=labels, manifest=m.labels,
                          background=pp.background_class, warn=False)
     name = p.name[:-len(".bundle")] if p.name.endswith(".bundle") else p.name
@@ -299,7 +336,8 @@ def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Dete
                     labels_source=lab.source, **parts)
 
 
-def _load_onnx(p: Path, backend: str, threads, labels, norm: Normalization | None = None) -> Detector:
+def _load_onnx(p: Path, backend: str, threads, labels, norm: Normalization | None = None,
+               post: PostprocessConfig | None = None) -> Detector:
     be = open_backend(p, backend=backend, threads=threads)
     inp = _input_config_from_tensor(be.input, p, norm)
     if any(d <= 0 for d in be.input.shape[1:]):
@@ -309,8 +347,11 @@ def _load_onnx(p: Path, backend: str, threads, labels, norm: Normalization | Non
     be.input.shape = (1, *be.input.shape[1:])
     scores_name, boxes_name = _identify_outputs(be, p, None)
     n_classes = _output_shapes(be)[scores_name][-1]
-    lab = resolve_labels(p, n_classes, explicit=labels, metadata=getattr(be, "metadata", None), warn=False)
-    post = PostprocessConfig(score_fn="none", box_encoding="corners")
+    post = post or PostprocessConfig(score_fn="none", box_encoding="corners")
+    if post.score_offset:
+        n_classes = post.num_classes or n_classes + post.score_offset
+    lab = resolve_labels(p, n_classes, explicit=labels, metadata=getattr(be, "metadata", None), warn=False,
+                         background=post.background)
     return Detector(be, lab.names, inp, post, scores_name, boxes_name, name=p.stem, source_path=str(p),
                     labels_source=lab.source)
 

@@ -35,12 +35,13 @@ does (the daemon's watchdog pings only while it advances).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -228,10 +229,11 @@ class Pipeline:
             for s in opened:
                 s.source.close()
             raise
-        stages = [("preprocess", self._run_pre), ("invoke", self._run_infer), ("postprocess", self._run_post),
-                  ("sinks", self._run_sinks)]
+        stages: list[tuple[str, Callable[[], None]]] = [
+            ("preprocess", self._run_pre), ("invoke", self._run_infer), ("postprocess", self._run_post),
+            ("sinks", self._run_sinks)]
         for i, s in enumerate(self._srcs):
-            stages.append((f"read-{s.name}", lambda i=i: self._run_reader(i)))
+            stages.append((f"read-{s.name}", functools.partial(self._run_reader, i)))
         now = time.monotonic()
         for name, fn in stages:
             self._beats[name] = now

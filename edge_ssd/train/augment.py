@@ -175,11 +175,14 @@ class Normalize:
     """``(x - mean) / std`` and HWC -> CHW float32 (what :func:`edge_ssd.model.preprocess.preprocess` does)."""
 
     def __init__(self, mean=IMAGE_MEAN, std: float = IMAGE_STD):
-        self.mean = np.asarray(mean, np.float32)
-        self.std = float(std)
+        from ..model.preprocess import Normalization
+
+        self.norm = Normalization(tuple(float(m) for m in mean), (float(std),) * 3)
 
     def __call__(self, img, boxes, labels, rng):
-        x = (img.astype(np.float32) - self.mean) / self.std
+        from ..model.preprocess import normalize
+
+        x = normalize(img, self.norm)
         return np.ascontiguousarray(x.transpose(2, 0, 1)), boxes, labels
 
 

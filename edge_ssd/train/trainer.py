@@ -326,19 +326,10 @@ def _collate_check(n: int, batch_size: int) -> None:
 # ----------------------------------------------------------------------------------------------- training
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Run training; return where the checkpoints are and the history of validation metrics."""
+def _start(cfg: TrainConfig):
+    """Check the settings, set threads and seeds, open the data: (train set, validation set or None, labels)."""
     import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
-    from ..data.datasets import write_labels
-    from ..nets import create_net, load_weights, xavier_init
-    from .augment import TestTransform, TrainAugmentation
-    from .loss import MultiboxLoss
-    from .matching import MatchPrior
-
-    t_start = time.perf_counter()
     if not cfg.datasets:
         raise UserError("no training data: pass --datasets DIR (an Open Images or VOC root)")
     if cfg.num_epochs < 1:
@@ -354,7 +345,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         log.warning("no validation split (%s); validating on nothing", e)
         val_ds = None
     _collate_check(len(train_ds), cfg.batch_size)
-    num_classes = len(labels)
+    return train_ds, val_ds, labels
+
+
+def _build_net(cfg: TrainConfig, num_classes: int):
+    from ..nets import create_net, xavier_init
 
     net = create_net(cfg.net, num_classes, cfg.width_mult)
     xavier_init(net)
@@ -362,6 +357,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         skipped = load_pretrained_ssd(net, cfg.pretrained_ssd)
         if skipped:
             log.info("pretrained SSD: %d head tensors re-initialised (class count differs)", len(skipped))
+    return net
+
+
+def _loaders(cfg: TrainConfig, net, train_ds, val_ds):
+    """(train loader, its epoch sampler, validation loader or None)."""
+    from torch.utils.data import DataLoader
+
+    from .augment import TestTransform, TrainAugmentation
+    from .matching import MatchPrior
+
     priors = net.priors.cpu().numpy()
     target = MatchPrior(priors, net.center_variance, net.size_variance, cfg.iou_threshold)
     train_set = SSDTrainDataset(train_ds, TrainAugmentation(channel_swap=cfg.channel_swap,
@@ -379,100 +384,168 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         val_set = SSDTrainDataset(val_ds, TestTransform(), target, cfg.seed, keep_difficult=False)
         val_loader = DataLoader(val_set, batch_size=cfg.batch_size, sampler=EpochSampler(len(val_set), 0, False),
                                 num_workers=0)
+    return loader, sampler, val_loader
+
+
+def _optimizer(cfg: TrainConfig, net):
+    import torch
+
     groups = param_groups(net, cfg)
     if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "adam":
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise UserError(f"unknown --optimizer {cfg.optimizer!r}; use sgd or adam")
-    steps_per_epoch = len(loader)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-    criterion = MultiboxLoss(cfg.neg_pos_ratio)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise UserError(f"unknown --optimizer {cfg.optimizer!r}; use sgd or adam")
 
-    ckpt_dir = Path(cfg.checkpoint_folder)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    labels_path = write_labels(ckpt_dir / "labels.txt", labels)
-    start_epoch, history, best = 0, [], {}
-    if cfg.resume:
-        start_epoch, history, best = _resume(cfg.resume, net, optimizer, scheduler)
-        log.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
-    best_path = Path(best["path"]) if best.get("path") else None
-    last_path = None
-    total_steps = steps_per_epoch * (cfg.num_epochs - start_epoch)
-    if cfg.max_steps:
-        total_steps = min(total_steps, int(cfg.max_steps))
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=None if progress else True, dynamic_ncols=True)
-    step = 0
-    stop = False
+
+class _Run:
+    """The state of one training run, advanced epoch by epoch by :func:`train`."""
+
+    def __init__(self, cfg: TrainConfig, net, labels: list[str], loader, sampler, val_loader, val_ds):
+        from .loss import MultiboxLoss
+
+        self.cfg = cfg
+        self.net = net
+        self.labels = labels
+        self.loader, self.sampler, self.val_loader, self.val_ds = loader, sampler, val_loader, val_ds
+        self.optimizer = _optimizer(cfg, net)
+        self.scheduler = make_scheduler(self.optimizer, cfg, len(loader))
+        self.criterion = MultiboxLoss(cfg.neg_pos_ratio)
+        self.ckpt_dir = Path(cfg.checkpoint_folder)
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.start_epoch, self.history, self.best = 0, [], {}
+        self.best_path: Path | None = None
+        self.last_path: Path | None = None
+        self.step = 0
+
+    def resume(self) -> None:
+        if self.cfg.resume:
+            self.start_epoch, self.history, self.best = _resume(self.cfg.resume, self.net, self.optimizer,
+                                                                self.scheduler)
+            log.info("resumed from %s at epoch %d", self.cfg.resume, self.start_epoch)
+        self.best_path = Path(self.best["path"]) if self.best.get("path") else None
+
+    def total_steps(self) -> int:
+        total = len(self.loader) * (self.cfg.num_epochs - self.start_epoch)
+        return min(total, int(self.cfg.max_steps)) if self.cfg.max_steps else total
+
+    def train_epoch(self, epoch: int, bar) -> tuple[dict, bool]:
+        """One pass over the training data; (the epoch's record, whether ``max_steps`` was reached)."""
+        cfg, net = self.cfg, self.net
+        self.sampler.set_epoch(epoch)
+        net.train()
+        if cfg.freeze_base_net or cfg.freeze_net:
+            net.base_net.eval()  # keep frozen BN statistics
+        run_loss = run_reg = run_cls = 0.0
+        nb = 0
+        stop = False
+        for images, locs, labs in self.loader:
+            conf, pred = net(images)
+            reg, cls = self.criterion(conf, pred, labs, locs)
+            loss = reg + cls
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            lv = float(loss.item())
+            if not math.isfinite(lv):
+                raise UserError(f"training diverged (loss {lv}) at epoch {epoch}; lower --lr")
+            run_loss += lv
+            run_reg += float(reg.item())
+            run_cls += float(cls.item())
+            nb += 1
+            self.step += 1
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.num_epochs}", loss=f"{run_loss / nb:.3f}",
+                            reg=f"{run_reg / nb:.3f}", cls=f"{run_cls / nb:.3f}")
+            bar.update(1)
+            if cfg.max_steps and self.step >= cfg.max_steps:
+                stop = True
+                break
+        rec = {"epoch": epoch + 1, "train_loss": run_loss / max(nb, 1), "train_regression": run_reg / max(nb, 1),
+               "train_classification": run_cls / max(nb, 1), "lr": self.optimizer.param_groups[-1]["lr"]}
+        return rec, stop
+
+    def validate(self, epoch: int, rec: dict, bar) -> None:
+        """Validation loss (and mAP) into ``rec``; keep the checkpoint when it is the best so far."""
+        import torch
+
+        cfg = self.cfg
+        rec.update(_validate(self.net, self.val_loader, self.criterion))
+        if cfg.validation_map:
+            rec.update(_validate_map(self.net, self.val_ds, self.labels, cfg.validation_map_limit))
+        score = rec.get("map_voc07", -rec["val_loss"])
+        if not self.best or score > self.best["score"]:
+            new = self.ckpt_dir / f"{cfg.net}-Epoch-{epoch}-Loss-{rec['val_loss']:.4f}.pth"
+            torch.save(self.net.state_dict(), new)
+            if self.best_path is not None and self.best_path != new and self.best_path.exists():
+                self.best_path.unlink()
+            self.best_path = new
+            self.best = {"score": score, "epoch": epoch + 1, "path": str(new),
+                         **{k: v for k, v in rec.items() if k.startswith(("val_", "map_"))}}
+        msg = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float))
+        bar.write(f"epoch {epoch + 1}: {msg}")
+
+    def save_last(self, epoch: int) -> None:
+        """last.pth: the full state for --resume (written atomically)."""
+        import torch
+
+        self.last_path = self.ckpt_dir / "last.pth"
+        tmp = self.last_path.with_suffix(".pth.tmp")
+        torch.save({"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "epoch": epoch + 1, "history": self.history,
+                    "best": self.best, "config": asdict(self.cfg)}, tmp)
+        os.replace(tmp, self.last_path)
+
+    def finish(self) -> Path:
+        """The best checkpoint (the final weights when nothing was validated), loaded into the net."""
+        import torch
+
+        from ..nets import load_weights
+
+        if self.best_path is None:  # no validation split: the final weights are the result
+            last = self.history[-1]
+            name = f"{self.cfg.net}-Epoch-{last['epoch'] - 1}-Loss-{last['train_loss']:.4f}.pth"
+            self.best_path = self.ckpt_dir / name
+            torch.save(self.net.state_dict(), self.best_path)
+            self.best = {"epoch": last["epoch"], "path": str(self.best_path)}
+        else:
+            load_weights(self.net, self.best_path)
+        (self.ckpt_dir / "history.json").write_text(json.dumps({"history": self.history, "best": self.best},
+                                                               indent=1))
+        return self.best_path
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    """Run training; return where the checkpoints are and the history of validation metrics."""
+    from tqdm import tqdm
+
+    from ..data.datasets import write_labels
+
+    t_start = time.perf_counter()
+    train_ds, val_ds, labels = _start(cfg)
+    net = _build_net(cfg, len(labels))
+    loader, sampler, val_loader = _loaders(cfg, net, train_ds, val_ds)
+    run = _Run(cfg, net, labels, loader, sampler, val_loader, val_ds)
+    labels_path = write_labels(run.ckpt_dir / "labels.txt", labels)
+    run.resume()
+    bar = tqdm(total=run.total_steps(), desc="train", unit="step", disable=None if progress else True,
+               dynamic_ncols=True)
     try:
-        for epoch in range(start_epoch, cfg.num_epochs):
-            sampler.set_epoch(epoch)
-            net.train()
-            if cfg.freeze_base_net or cfg.freeze_net:
-                net.base_net.eval()  # keep frozen BN statistics
-            run_loss = run_reg = run_cls = 0.0
-            nb = 0
-            for images, locs, labs in loader:
-                conf, pred = net(images)
-                reg, cls = criterion(conf, pred, labs, locs)
-                loss = reg + cls
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                lv = float(loss.item())
-                if not math.isfinite(lv):
-                    raise UserError(f"training diverged (loss {lv}) at epoch {epoch}; lower --lr")
-                run_loss += lv
-                run_reg += float(reg.item())
-                run_cls += float(cls.item())
-                nb += 1
-                step += 1
-                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.num_epochs}", loss=f"{run_loss / nb:.3f}",
-                                reg=f"{run_reg / nb:.3f}", cls=f"{run_cls / nb:.3f}")
-                bar.update(1)
-                if cfg.max_steps and step >= cfg.max_steps:
-                    stop = True
-                    break
-            rec = {"epoch": epoch + 1, "train_loss": run_loss / max(nb, 1), "train_regression": run_reg / max(nb, 1),
-                   "train_classification": run_cls / max(nb, 1), "lr": optimizer.param_groups[-1]["lr"]}
+        for epoch in range(run.start_epoch, cfg.num_epochs):
+            rec, stop = run.train_epoch(epoch, bar)
             last_epoch = stop or epoch + 1 == cfg.num_epochs
             if val_loader is not None and ((epoch + 1) % max(cfg.validation_epochs, 1) == 0 or last_epoch):
-                rec.update(_validate(net, val_loader, criterion))
-                if cfg.validation_map:
-                    rec.update(_validate_map(net, val_ds, labels, cfg.validation_map_limit))
-                score = rec.get("map_voc07", -rec["val_loss"])
-                if not best or score > best["score"]:
-                    new = ckpt_dir / f"{cfg.net}-Epoch-{epoch}-Loss-{rec['val_loss']:.4f}.pth"
-                    torch.save(net.state_dict(), new)
-                    if best_path is not None and best_path != new and best_path.exists():
-                        best_path.unlink()
-                    best_path = new
-                    best = {"score": score, "epoch": epoch + 1, "path": str(new),
-                            **{k: v for k, v in rec.items() if k.startswith(("val_", "map_"))}}
-                msg = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float))
-                bar.write(f"epoch {epoch + 1}: {msg}")
-            history.append(rec)
+                run.validate(epoch, rec, bar)
+            run.history.append(rec)
             if cfg.keep_last:
-                last_path = ckpt_dir / "last.pth"
-                tmp = last_path.with_suffix(".pth.tmp")
-                torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                            "best": best, "config": asdict(cfg)}, tmp)
-                os.replace(tmp, last_path)
+                run.save_last(epoch)
             if stop:
                 break
     finally:
         bar.close()
-    if best_path is None:  # no validation split: the final weights are the result
-        best_path = ckpt_dir / f"{cfg.net}-Epoch-{history[-1]['epoch'] - 1}-Loss-{history[-1]['train_loss']:.4f}.pth"
-        torch.save(net.state_dict(), best_path)
-        best = {"epoch": history[-1]["epoch"], "path": str(best_path)}
-    else:
-        load_weights(net, best_path)
-    (ckpt_dir / "history.json").write_text(json.dumps({"history": history, "best": best}, indent=1))
-    return TrainResult(best_path, last_path, labels_path, labels, history, best, time.perf_counter() - t_start, net)
+    best_path = run.finish()
+    return TrainResult(best_path, run.last_path, labels_path, labels, run.history, run.best,
+                       time.perf_counter() - t_start, net)
 
 
 def _validate(net, loader, criterion) -> dict:
