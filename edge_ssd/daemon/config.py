@@ -475,7 +475,7 @@ def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] |
             raise ConfigError([f"{fname}:{line}: mqtt.username: a password is set but no username"])
     _check_rollout(cfg, lines, fname)
     warnings = []
-    if cfg.mqtt and cfg.mqtt.password and not env.get("EDGE_SSD_MQTT_PASSWORD"):
+    if cfg.mqtt and cfg.mqtt.password and not (env or {}).get("EDGE_SSD_MQTT_PASSWORD"):
         warnings.append(f"{fname}:{_loc_line(lines, ('mqtt', 'password'))}: mqtt.password: the password is written "
                         "in the config file; move it to mqtt.password_file (mode 0640 root:edge-ssd) or "
                         "EDGE_SSD_MQTT_PASSWORD")
