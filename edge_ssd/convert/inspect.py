@@ -65,6 +65,8 @@ def load_onnx(path):
     """Load an ONNX file with one-line errors for missing, truncated or invalid files."""
     onnx = _onnx()
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p} is a directory; pass the exported .onnx file itself")
     if not p.is_file():
         raise UserError(f"{p}: no such file; pass the path of an exported .onnx model")
     try:
