@@ -203,3 +203,19 @@ def test_manifest_description_one_source_of_truth(tf_models):
     assert pp.background_class == 0 and pp.score_fn == "sigmoid" and len(pp.priors) == 4420
     info.tail.coding = replace(info.tail.coding, variances=(1 / 8, 0.1, 0.25, 0.2))  # scale factors 8, 10, 4, 5
     assert tail_postprocess(info, 0.5).variances_in_offset_order() == [0.125, 0.1, 0.25, 0.2]
+
+
+def test_kept_background_column_named_by_the_labels(tf_models, tmp_path):
+    """Sigmoid over every column (the graph keeps TF's background column): a label map without its background
+    (one name fewer than columns) or a BACKGROUND first line makes column 0 the background; else all are classes."""
+    from edge_ssd.convert.api import _labels, _labels_background
+    from edge_ssd.convert.inspect import load_and_inspect
+
+    model, info = load_and_inspect(tf_models["nhwc-bg-concat"])
+    assert info.tail.background_class is None and info.tail.num_classes == 2
+    (tmp_path / "map.txt").write_text("face\n")
+    lab = _labels(tmp_path / "map.txt", tf_models["nhwc-bg-concat"], info, model)
+    assert lab.names == ["BACKGROUND", "face"] and _labels_background(info, lab.names) == 0
+    (tmp_path / "two.txt").write_text("sky\nface\n")
+    lab = _labels(tmp_path / "two.txt", tf_models["nhwc-bg-concat"], info, model)
+    assert lab.names == ["sky", "face"] and _labels_background(info, lab.names) is None

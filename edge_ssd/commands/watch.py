@@ -7,23 +7,28 @@ consumers, docs/fleet.md) split the load. The subscriber speaks MQTT 5 whatever 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import threading
 import time
 
+from . import _args as A
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("watch", help="subscribe to a broker and show detections live")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--port", type=A.port, default=1883)
     p.add_argument("--prefix", default="edge-ssd", help="topic prefix (mqtt.topic_prefix)")
     p.add_argument("--device", default="+", help="device name (default: all devices)")
     p.add_argument("--username")
-    p.add_argument("--password", help="or $EDGE_SSD_MQTT_PASSWORD")
-    p.add_argument("--once", type=int, metavar="N", help="exit after N detection messages")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="file whose first line is the password (or set $EDGE_SSD_MQTT_PASSWORD)")
+    p.add_argument("--password", help=argparse.SUPPRESS)  # visible in `ps`: kept for old scripts, warns
+    p.add_argument("--once", type=A.positive_int, metavar="N", help="exit after N detection messages")
     p.add_argument("--json", action="store_true", help="print each message as a JSON line instead of a table")
-    p.add_argument("--timeout", type=float, default=None, help="exit (code 1) after this many seconds")
+    p.add_argument("--timeout", type=A.positive_float, default=None, help="exit (code 1) after this many seconds")
     p.add_argument("--share", metavar="GROUP", help="join the shared subscription $share/GROUP/... (MQTT 5): each "
                    "detections message goes to one member of the group")
     p.set_defaults(func=run)
@@ -44,6 +49,32 @@ def render(state: dict, width: int = 100) -> str:
         if len(objs) > 10:
             lines.append(f"{'':<30}... {len(objs) - 10} more")
     return "\n".join(line[:width] for line in lines)
+
+
+def read_password(args) -> str | None:
+    """--password-file (first line), else $EDGE_SSD_MQTT_PASSWORD, else the deprecated --password (warned)."""
+    import logging
+    import os
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    if args.password_file:
+        p = Path(args.password_file)
+        try:
+            lines = p.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or "not UTF-8 text"
+            raise UserError(f"--password-file {p}: cannot read it ({why}); check the path") from None
+        return lines[0].strip() if lines else ""
+    env = os.environ.get("EDGE_SSD_MQTT_PASSWORD")
+    if env:
+        return env
+    if args.password:
+        logging.getLogger("edge_ssd.watch").warning(
+            "--password is visible to every user in `ps`; use --password-file FILE or EDGE_SSD_MQTT_PASSWORD")
+        return args.password
+    return None
 
 
 def run(args) -> int:
@@ -68,7 +99,8 @@ def run(args) -> int:
 
     def on_connect(c, u, flags, rc, props):
         if rc.is_failure:
-            err.append(f"broker {args.host}:{args.port} refused the connection: {rc}; check --username/--password")
+            err.append(f"broker {args.host}:{args.port} refused the connection: {rc}; check --username and "
+                       "--password-file")
             done.set()
             return
         c.subscribe(sub, qos=1)
@@ -111,7 +143,9 @@ def run(args) -> int:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-ssd-watch-{os.getpid()}",
                     protocol=mqtt.MQTTv5 if args.share else mqtt.MQTTv311)
     user = args.username
-    pw = args.password or os.environ.get("EDGE_SSD_MQTT_PASSWORD")
+    pw = read_password(args)
+    if pw is not None and not user:
+        raise UserError("a password was given but no --username; pass --username NAME")
     if user:
         c.username_pw_set(user, pw)
     c.on_connect = on_connect

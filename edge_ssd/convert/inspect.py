@@ -65,6 +65,8 @@ def load_onnx(path):
     """Load an ONNX file with one-line errors for missing, truncated or invalid files."""
     onnx = _onnx()
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p} is a directory; pass the exported .onnx file itself")
     if not p.is_file():
         raise UserError(f"{p}: no such file; pass the path of an exported .onnx model")
     try:
@@ -833,7 +835,9 @@ def format_info(info: ModelInfo) -> str:
     if t.recognised:
         c = t.coding
         first = f"[:, {t.scores_first_column}:]" if t.scores_first_column else ""
-        bg = "none (every column is a class)" if t.background_class is None else f"column {t.background_class}"
+        bg = (f"column {t.background_class}" if t.background_class is not None else "none: every column is a "
+              "class (a labels file starting with BACKGROUND, or one label fewer than columns, makes column 0 "
+              "the background, as in TF OD API graphs that keep it)")
         lines += [
             f"tail:         recognised SSD post-processing, {t.family} layout (cut here for int8; runs in float "
             "on the host)" + (" at the tensors named by --raw-outputs" if t.raw_outputs_given else ""),

@@ -341,6 +341,8 @@ class Daemon:
 
     def run(self) -> int:
         loaded = load_config(self.config_path)
+        for w in loaded.warnings:
+            log.warning("%s", w)
         self._signals()
         self._make_rollout(loaded.config)
         if loaded.config.metrics:
