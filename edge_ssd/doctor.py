@@ -338,9 +338,10 @@ def check_gasket(root: str | Path = "/", device: str | None = None) -> list[Chec
 
 
 def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str | None = None,
-                  device: str | None = None) -> list[Check]:
+                  device: str | None = None, model_path: str | Path | None = None) -> list[Check]:
     """Coral USB (ids + link speed) / PCIe (/dev/apex_N, the gasket driver) presence, and whether the Edge TPU
-    delegate loads: probed in a child process, so a libedgetpu that crashes is reported, not fatal."""
+    delegate loads (and runs ``model_path``, an Edge TPU bundle's model, with it): probed in a child process, so a
+    libedgetpu that crashes is reported, not fatal."""
     from .runtime.edgetpu_probe import edgetpu_lib, probe_edgetpu
 
     out: list[Check] = []
@@ -372,7 +373,7 @@ def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str | Non
         else:
             out.append(Check("edgetpu", SKIP, "no Coral Edge TPU found (CPU inference)"))
         return out
-    probe = probe_edgetpu(device, lib=lib or edgetpu_lib())
+    probe = probe_edgetpu(device, model_path=model_path, lib=lib or edgetpu_lib())
     if probe.ok:
         out.append(Check("libedgetpu", OK, probe.message(), data={"status": probe.status}))
     else:
@@ -476,15 +477,48 @@ def check_bundle(path: str | Path) -> tuple[Check, Any]:
                  data={"path": str(path), "model": str(model_path), "target": m.target}), (m, model_path)
 
 
+def check_password_file(path: str | Path, user: str = SERVICE_USER) -> Check:
+    """The MQTT password file must not be readable by others, nor by a group other than the service user's."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        return Check("secrets", FAIL, f"{p}: cannot read the MQTT password file ({e.strerror})",
+                     f"create it: install -m 0640 -o root -g {user} /dev/null {p}, then write the password into it")
+    fix = f"sudo chown root:{user} {p} && sudo chmod 0640 {p}"
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    if st.st_mode & 0o004:
+        return Check("secrets", FAIL, f"{p}: the MQTT password file is readable by every user (mode "
+                     f"{st.st_mode & 0o777:04o})", fix)
+    if st.st_mode & 0o040 and group != user:
+        return Check("secrets", WARN, f"{p}: the MQTT password file is readable by group {group} (mode "
+                     f"{st.st_mode & 0o777:04o})", fix)
+    return Check("secrets", OK, f"{p}: MQTT password file mode {st.st_mode & 0o777:04o}, group {group}")
+
+
 def check_space(path: str | Path, warn_mb: float = SPOOL_WARN_MB, fail_mb: float = SPOOL_FAIL_MB) -> Check:
     p = Path(path)
     base = p
     while not base.exists() and base != base.parent:
         base = base.parent
+    where = str(p) if base == p else f"{p} (not created yet; {base})"
+    if not base.is_dir():
+        return Check("spool", FAIL, f"{where}: {base} is not a directory",
+                     "move the file away or set spool.dir to a directory", data={"path": str(p)})
+    if os.statvfs(base).f_flag & os.ST_RDONLY:
+        return Check("spool", FAIL, f"{where}: on a read-only file system: the offline spool cannot be written",
+                     "remount it read-write, or set spool.dir to a writable place (e.g. /var/lib/edge-ssd/spool)",
+                     data={"path": str(p), "checked": str(base)})
     du = shutil.disk_usage(base)
+    if du.total == 0:  # /proc, /sys: "0 MB free" would send the user to apt-get clean for nothing
+        return Check("spool", FAIL, f"{where}: not on a disk ({base} is a virtual file system)",
+                     "set spool.dir to a directory on the disk (default /var/lib/edge-ssd/spool)",
+                     data={"path": str(p), "checked": str(base)})
     free_mb = du.free / 1e6
     data = {"path": str(p), "checked": str(base), "free_mb": free_mb}
-    where = str(p) if base == p else f"{p} (not created yet; {base})"
     if free_mb < fail_mb:
         return Check("spool", FAIL, f"{where}: only {free_mb:.0f} MB free: the offline spool cannot hold messages",
                      "free disk space (sudo apt-get clean; journalctl --vacuum-size=50M)", data=data)
@@ -642,9 +676,16 @@ def run_checks(config: str | Path | None = None, bundle: str | Path | None = Non
     if bundle_info and rt.status != FAIL:
         threads = cfg.model.threads if cfg else None
         checks.append(measure_invoke(bundle_info[1], threads=threads, runs=invoke_runs))
-    checks.extend(check_edgetpu(root, required=required_tpu, device=cfg.model.edgetpu_device if cfg else None))
+    tpu_model = bundle_info[1] if bundle_info and bundle_info[0].target == "edgetpu" else None
+    checks.extend(check_edgetpu(root, required=required_tpu, device=cfg.model.edgetpu_device if cfg else None,
+                                model_path=tpu_model))
     checks.extend(check_camera(root, user=user))
 
+    if cfg is not None and cfg.mqtt is not None and cfg.mqtt.password_file:
+        pf = Path(os.path.expandvars(cfg.mqtt.password_file)).expanduser()
+        checks.append(check_password_file(pf if pf.is_absolute() else cfg_path.parent / pf, user=user))
+    for w in loaded.warnings if loaded else []:
+        checks.append(Check("secrets", WARN, w, "move the password out of the config file"))
     if cfg is not None and cfg.mqtt is not None:
         m = cfg.mqtt
         checks.append(check_broker(m.host, m.port, m.username, loaded.password, tls=m.tls, timeout=timeout,

@@ -104,7 +104,7 @@ def _usb_coral(root: Path) -> None:
         (d / k).write_text(v + "\n")
 
 
-def test_doctor_uses_the_probe(libs, tmp_path):
+def test_doctor_uses_the_probe(libs, model, tmp_path):
     _usb_coral(tmp_path)
     crash = [c for c in doctor.check_edgetpu(tmp_path, lib=str(libs["crash"]), device="usb")
              if c.name == "libedgetpu"]
@@ -112,6 +112,10 @@ def test_doctor_uses_the_probe(libs, tmp_path):
     assert "crashed the process" in crash[0].message and "install.sh --coral" in crash[0].fix
     good = [c for c in doctor.check_edgetpu(tmp_path, lib=str(libs["delegate"])) if c.name == "libedgetpu"]
     assert [c.status for c in good] == [OK] and "loads and runs" in good[0].message
+    # an Edge TPU bundle's model is run with the delegate too (the crash of an ABI-mismatched libedgetpu can
+    # come when the delegate is applied to a graph)
+    ran = doctor.check_edgetpu(tmp_path, lib=str(libs["delegate"]), device="crash", model_path=model)
+    assert [c.status for c in ran if c.name == "libedgetpu"] == [FAIL]
 
 
 def _w(p: Path, text: str) -> None:

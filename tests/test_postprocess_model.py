@@ -218,3 +218,45 @@ def test_non_integer_mean_on_the_edgetpu_is_a_quantize(face, tmp_path):
     pm = build_postprocess_model(d)
     assert pm.appended_ops[0] == "QUANTIZE" and not pm.input_exact and pm.input_zero_point == 128
     assert "approximates mean 127.5" in pm.input_note
+
+
+def test_face_buffers_are_16_byte_aligned(face):
+    """TFLite's schema asks for 16-byte aligned buffers (``force_align: 16``), which the Python flatbuffers
+    generator ignores; the post-process model writes them aligned."""
+    from ai_edge_litert import schema_py_generated as s
+
+    m = s.Model.GetRootAs((face / POSTPROCESS_FILE).read_bytes(), 0)
+    starts = [m.Buffers(i)._tab.Vector(m.Buffers(i)._tab.Offset(4)) for i in range(m.BuffersLength())
+              if m.Buffers(i).DataLength()]
+    assert len(starts) > 50 and all(p % 16 == 0 for p in starts)
+
+
+@pytest.fixture(scope="module")
+def tf_family(tmp_path_factory, test_model):
+    """The trained test model re-exported with a TF Object Detection API tail (edge_ssd.nets.tfod: sigmoid with a
+    background column, offsets ty, tx, th, tw, anchors ycenter, xcenter, h, w, (x - 127.5) / 127.5 in the graph),
+    converted with --postprocess-model."""
+    from edge_ssd.convert.api import convert_model
+    from edge_ssd.nets.tfod import TfTail, export_tf_od_api_style
+
+    work = tmp_path_factory.mktemp("tf")
+    src = export_tf_od_api_style(test_model.onnx_path, work / "ssd_tf.onnx", TfTail())
+    r = convert_model(src, work / "tf.bundle", calib=[test_model.dataset_dir], calib_split="train", calib_count=100,
+                      val=[test_model.dataset_dir], val_split="test", quant="per-channel", progress=False,
+                      postprocess_model=True)
+    return r
+
+
+def test_tf_family_postprocess_model(tf_family):
+    r = tf_family
+    m, _ = load_manifest(r.bundle_dir)
+    tail = (m.postprocess.score_fn, m.postprocess.offset_order, m.postprocess.prior_layout)
+    assert tail == ("sigmoid", "cy,cx,h,w", "cy,cx,h,w")
+    pp = r.report["postprocess_model"]
+    assert "GATHER" not in pp["appended_ops"][3:]  # offsets already in the op's order: no reordering
+    assert pp["appended_ops"][:3] == ["CAST", "ADD", "GATHER"] and pp["input_exact"]  # 127.5: the device's table
+    assert pp["appended_ops"][-1] == "TFLite_Detection_PostProcess" and "LOGISTIC" in pp["appended_ops"]
+    v = pp["validation"]
+    assert v["vs_bundle"]["fp32_detections"] > 40 and v["vs_bundle"]["f1"] >= 0.99, v["vs_bundle"]
+    assert v["vs_onnx"]["f1"] >= v["bundle_vs_onnx"]["f1"] - 0.01, v
+    assert pp["ok"]

@@ -73,9 +73,9 @@ def test_config_schema_accepts_the_example_and_rejects_unknown_keys(tmp_path):
 def test_published_messages_validate_against_docs_schemas(tmp_path):
     video = make_face_video(tmp_path / "faces.avi", frames=40)
     kinds = {"detection": "/detections", "event": "/events", "status": "/status", "stats": "/stats",
-             "count": "/count", "available": "/available"}
+             "count": "/count", "available": "/available", "homeassistant-device": "/device/edge_ssd_schemadev/config"}
     with Broker(tmp_path / "broker") as b:
-        col = Collector(b.port, ["edge-ssd/#"]).start()
+        col = Collector(b.port, ["edge-ssd/#", "homeassistant/#"]).start()
         cfg = write_config(tmp_path / "c.yaml", _daemon_config(tmp_path, video, b.port))
         p = start_daemon(cfg)
         try:
@@ -90,6 +90,8 @@ def test_published_messages_validate_against_docs_schemas(tmp_path):
         payloads = col.on(suffix)
         assert payloads, f"no {kind} message was published"
         for raw in payloads:
+            if not raw:  # an empty retained message removes (Home Assistant discovery)
+                continue
             msg = raw.decode() if kind == "available" else json.loads(raw)
             errors = [f"{e.json_path}: {e.message}" for e in v.iter_errors(msg)]
             assert errors == [], f"{kind} {raw[:200]!r}: {errors}"
@@ -98,3 +100,7 @@ def test_published_messages_validate_against_docs_schemas(tmp_path):
     det = json.loads(col.on("/detections")[0])
     det["objects"] = [{"label": "face", "score": 1.5}]
     assert list(_validator("detection").iter_errors(det))
+    disc = json.loads(col.on("/device/edge_ssd_schemadev/config")[-1])
+    assert {c["p"] for c in disc["cmps"].values()} >= {"binary_sensor", "sensor"}
+    next(iter(disc["cmps"].values()))["object_id"] = "x"  # deprecated by Home Assistant: never sent
+    assert list(_validator("homeassistant-device").iter_errors(disc))

@@ -7,23 +7,28 @@ consumers, docs/fleet.md) split the load. The subscriber speaks MQTT 5 whatever 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import threading
 import time
 
+from . import _args as A
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("watch", help="subscribe to a broker and show detections live")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--port", type=A.port, default=1883)
     p.add_argument("--prefix", default="edge-ssd", help="topic prefix (mqtt.topic_prefix)")
     p.add_argument("--device", default="+", help="device name (default: all devices)")
     p.add_argument("--username")
-    p.add_argument("--password", help="or $EDGE_SSD_MQTT_PASSWORD")
-    p.add_argument("--once", type=int, metavar="N", help="exit after N detection messages")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="file whose first line is the password (or set $EDGE_SSD_MQTT_PASSWORD)")
+    p.add_argument("--password", help=argparse.SUPPRESS)  # visible in `ps`: kept for old scripts, warns
+    p.add_argument("--once", type=A.positive_int, metavar="N", help="exit after N detection messages")
     p.add_argument("--json", action="store_true", help="print each message as a JSON line instead of a table")
-    p.add_argument("--timeout", type=float, default=None, help="exit (code 1) after this many seconds")
+    p.add_argument("--timeout", type=A.positive_float, default=None, help="exit (code 1) after this many seconds")
     p.add_argument("--share", metavar="GROUP", help="join the shared subscription $share/GROUP/... (MQTT 5): each "
                    "detections message goes to one member of the group")
     p.set_defaults(func=run)
@@ -74,7 +79,7 @@ class _Watch:
     def on_connect(self, c, u, flags, rc, props) -> None:
         if rc.is_failure:
             self.err.append(f"broker {self.args.host}:{self.args.port} refused the connection: {rc}; check "
-                            "--username/--password")
+                            "--username and --password-file")
             self.done.set()
             return
         c.subscribe(self.sub, qos=1)
@@ -110,6 +115,32 @@ class _Watch:
                 self.done.set()
 
 
+def read_password(args) -> str | None:
+    """--password-file (first line), else $EDGE_SSD_MQTT_PASSWORD, else the deprecated --password (warned)."""
+    import logging
+    import os
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    if args.password_file:
+        p = Path(args.password_file)
+        try:
+            lines = p.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or "not UTF-8 text"
+            raise UserError(f"--password-file {p}: cannot read it ({why}); check the path") from None
+        return lines[0].strip() if lines else ""
+    env = os.environ.get("EDGE_SSD_MQTT_PASSWORD")
+    if env:
+        return env
+    if args.password:
+        logging.getLogger("edge_ssd.watch").warning(
+            "--password is visible to every user in `ps`; use --password-file FILE or EDGE_SSD_MQTT_PASSWORD")
+        return args.password
+    return None
+
+
 def run(args) -> int:
     import os
     import re
@@ -126,7 +157,9 @@ def run(args) -> int:
     w = _Watch(args, sub)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-ssd-watch-{os.getpid()}",
                     protocol=mqtt.MQTTv5 if args.share else mqtt.MQTTv311)
-    pw = args.password or os.environ.get("EDGE_SSD_MQTT_PASSWORD")
+    pw = read_password(args)
+    if pw is not None and not args.username:
+        raise UserError("a password was given but no --username; pass --username NAME")
     if args.username:
         c.username_pw_set(args.username, pw)
     c.on_connect = w.on_connect
@@ -135,6 +168,8 @@ def run(args) -> int:
         c.connect(args.host, args.port, keepalive=30)
     except OSError as e:
         raise UserError(f"cannot connect to {args.host}:{args.port}: {e}; is the broker up?") from None
+    except ValueError as e:  # paho: an empty or malformed host name
+        raise UserError(f"--host {args.host!r}: {e} (give the broker's name or address)") from None
     c.loop_start()
     try:
         ok = w.done.wait(args.timeout)

@@ -168,8 +168,15 @@ def _labels(labels, onnx_path: Path, info, model):
     from ..model.labels import resolve_labels
 
     meta = {p.key: p.value for p in model.metadata_props}
-    return resolve_labels(onnx_path, info.tail.num_classes, explicit=labels, metadata=meta,
-                          background=info.tail.background_class)
+    bg = info.tail.background_class
+    try:
+        return resolve_labels(onnx_path, info.tail.num_classes, explicit=labels, metadata=meta, background=bg)
+    except UserError:
+        if bg is not None:
+            raise
+        # sigmoid over every column and one label fewer than columns (a TF label map without its background):
+        # column 0 is the background, as the TF OD API puts it; the labels say so, not a guess
+        return resolve_labels(onnx_path, info.tail.num_classes, explicit=labels, metadata=meta, background=0)
 
 
 def _labels_background(info, names: list[str]) -> int | None:

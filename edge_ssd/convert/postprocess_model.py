@@ -168,11 +168,40 @@ class _Graph:
             self.appended.append(custom or name)
 
     def serialize(self) -> bytes:
+        """The model as a .tflite: every buffer's data 16-byte aligned, as TFLite's schema asks (``force_align:
+        16``; the Python generator ignores it), so kernels may read constants in place on any CPU."""
         import flatbuffers
 
+        s = self.s
+        for buf in self.model.buffers:
+            buf.__class__ = _aligned_buffer_class(s)
         b = flatbuffers.Builder(1 << 20)
         b.Finish(self.model.Pack(b), file_identifier=b"TFL3")
         return bytes(b.Output())
+
+
+def _aligned_buffer_class(s):
+    """A ``BufferT`` whose ``Pack`` writes its bytes as a 16-byte aligned vector."""
+
+    class AlignedBuffer(s.BufferT):
+        def Pack(self, builder):  # noqa: N802 (the flatbuffers object API's name)
+            data = None
+            if self.data is not None:
+                d = self.data
+                payload = bytes(d) if isinstance(d, (bytes, bytearray)) else np.asarray(d, np.uint8).tobytes()
+                builder.StartVector(1, len(payload), 16)
+                builder.head -= len(payload)
+                builder.Bytes[builder.head:builder.head + len(payload)] = payload
+                builder.vectorNumElems = len(payload)
+                data = builder.EndVector()
+            s.BufferStart(builder)
+            if data is not None:
+                s.BufferAddData(builder, data)
+            s.BufferAddOffset(builder, self.offset)
+            s.BufferAddSize(builder, self.size)
+            return s.BufferEnd(builder)
+
+    return AlignedBuffer
 
 
 def tail_params(m: Manifest) -> dict:

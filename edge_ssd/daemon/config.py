@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import UserError
 from ..publish.scene import LabelRule, SourceRules, Zone
 from ..publish.tracker import TrackerSettings
+from ..redact import MASK, mask
 from ..runtime.backends import BackendChoice
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -307,6 +308,7 @@ class LoadedConfig:
     config: Config
     path: Path
     password: str | None  # the effective MQTT password (file > env > inline)
+    warnings: list[str] = field(default_factory=list)  # "file:line: key: advice", printed by config check and run
 
     def summary(self) -> str:
         c = self.config
@@ -315,17 +317,23 @@ class LoadedConfig:
                  f"{c.model.threads} threads{tpu})"]
         for s in c.sources:
             lab = "all labels" if s.labels.include is None else ",".join(s.labels.include)
-            url = re.sub(r"://[^@/]+@", "://***@", s.url)
+            url = mask(s.url)
+            extra = "".join(f", {n} {k}" for n, k in ((len(s.filters), "filter(s)"), (len(s.zones), "zone(s)")) if n)
             lines.append(f"  source {s.name}: {url} (score>={s.score_threshold}, {lab}"
-                         f"{', max ' + str(s.max_fps) + ' fps' if s.max_fps else ''})")
+                         f"{', max ' + str(s.max_fps) + ' fps' if s.max_fps else ''}{extra})")
         if c.mqtt:
             m = c.mqtt
             auth = f", user {m.username}" if m.username else ""
             lines.append(f"  mqtt: {'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port} qos {m.qos}, prefix "
                          f"{m.topic_prefix}/{c.device}{auth}, password {'set' if self.password else 'not set'}")
+            det = m.detections if isinstance(m.detections, str) else f"every {m.detections:g} s"
+            lines.append(f"  topics: detections {det}, events {'on' if m.events else 'off'}, MQTT "
+                         f"{'5' if m.protocol == 5 else '3.1.1'}")
             lines.append(f"  spool: {c.spool.resolved_dir()} (max {c.spool.max_bytes} bytes, {c.spool.max_age:g} s)")
             ha = c.homeassistant
             lines.append(f"  homeassistant: {'on, ' + ha.discovery_prefix if ha.enabled else 'off'}")
+        if c.metrics:
+            lines.append(f"  metrics: http://{c.metrics.host}:{c.metrics.port}/metrics")
         sinks = [n for n, on in (("stdout", c.stdout_enabled), ("file", c.sinks.file is not None)) if on]
         lines.append(f"  sinks: {', '.join(sinks) or 'none'}{' + mqtt' if c.mqtt else ''}")
         return "\n".join(lines)
@@ -360,6 +368,25 @@ def _line_map(node: yaml.Node | None, path: tuple = (), out: dict | None = None)
     return out
 
 
+def _duplicate_keys(node: yaml.Node | None, path: tuple = ()) -> list[tuple[int, str]]:
+    """(line, problem) for every mapping key given twice (PyYAML silently keeps the last one)."""
+    out: list[tuple[int, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
+            line = k.start_mark.line + 1
+            if key in first:
+                out.append((line, f"{_fmt_loc(path + (key,))}: duplicate key (first given on line {first[key]}); "
+                                  "keep one of them"))
+            first.setdefault(key, line)
+            out += _duplicate_keys(v, path + (key,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, path + (i,))
+    return out
+
+
 def _loc_line(lines: dict[tuple, int], loc: tuple) -> int:
     for n in range(len(loc), -1, -1):
         if loc[:n] in lines:
@@ -385,6 +412,8 @@ def _problem_text(err: Mapping[str, Any]) -> str:
         msg = msg[len("Value error, "):]
     if t == "literal_error" or t.endswith("_type") or t.startswith("string_pattern"):
         msg += f" (got {err.get('input')!r})"
+    if t == "string_type" and isinstance(err.get("input"), (int, float, bool)):
+        msg += f"; YAML read it as a number or boolean: quote it, e.g. \"{err.get('input')}\""
     return msg
 
 
@@ -406,6 +435,9 @@ def parse_config(text: str, path: str | Path = "<config>", env: Mapping[str, str
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{fname}:1: (top level): expected a mapping of sections (device:, model:, ...)"])
+    dups = _duplicate_keys(node)
+    if dups:
+        raise ConfigError([f"{fname}:{line}: {text}" for line, text in dups])
     lines = _line_map(node)
     for var, (sec, key) in ENV_OVERRIDES.items():
         if env.get(var):
@@ -444,7 +476,12 @@ def parse_config(text: str, path: str | Path = "<config>", env: Mapping[str, str
             line = _loc_line(lines, ("mqtt",))
             raise ConfigError([f"{fname}:{line}: mqtt.username: a password is set but no username"])
     _check_rollout(cfg, lines, fname)
-    return LoadedConfig(cfg, path, password)
+    warnings = []
+    if cfg.mqtt and cfg.mqtt.password and not (env or {}).get("EDGE_SSD_MQTT_PASSWORD"):
+        warnings.append(f"{fname}:{_loc_line(lines, ('mqtt', 'password'))}: mqtt.password: the password is written "
+                        "in the config file; move it to mqtt.password_file (mode 0640 root:edge-ssd) or "
+                        "EDGE_SSD_MQTT_PASSWORD")
+    return LoadedConfig(cfg, path, password, warnings)
 
 
 def _check_rollout(cfg: Config, lines: dict[tuple, int], fname: str) -> None:
@@ -461,9 +498,15 @@ def _check_rollout(cfg: Config, lines: dict[tuple, int], fname: str) -> None:
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedConfig:
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise ConfigError([f"{p}:0: (file): cannot read config: {e.strerror} (check the --config path)"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError([f"{p}:{line}: (file): not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                           "save the file as UTF-8"]) from None
     return parse_config(text, p, env)
 
 
@@ -494,5 +537,5 @@ def tracker_settings(cfg: Config) -> TrackerSettings:
 def as_dict(cfg: Config) -> dict[str, Any]:
     d = cfg.model_dump()
     if d.get("mqtt"):
-        d["mqtt"]["password"] = "***" if d["mqtt"].get("password") else None
+        d["mqtt"]["password"] = MASK if d["mqtt"].get("password") else None
     return d

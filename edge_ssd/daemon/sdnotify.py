@@ -7,6 +7,8 @@ import os
 import socket
 from collections.abc import Mapping
 
+from ..redact import mask
+
 
 class Notifier:
     def __init__(self, address: str | None = None):
@@ -26,7 +28,7 @@ class Notifier:
         if self._sock is None or self.address is None:
             return False
         lines = list(fields) + [f"{k.upper()}={v}" for k, v in kv.items()]
-        msg = "\n".join(line.replace("\n", " ") for line in lines).encode()
+        msg = "\n".join(mask(line.replace("\n", " ")) for line in lines).encode()  # STATUS= is world-readable
         try:
             self._sock.sendto(msg, self.address)
             return True

@@ -371,6 +371,8 @@ class Daemon:
 
     def run(self) -> int:
         loaded = load_config(self.config_path)
+        for w in loaded.warnings:
+            log.warning("%s", w)
         self._signals()
         self._make_rollout(loaded.config)
         if loaded.config.metrics:
@@ -416,6 +418,11 @@ class Daemon:
             if p.wait(0):
                 exit_reason = "all sources ended"
                 break
+        self._shutdown(exit_reason)
+        return 0
+
+    def _shutdown(self, exit_reason: str) -> None:
+        """Drain the pipeline, send the last stats, flush the spool (up to flush_timeout), publish offline."""
         log.info("stopping (%s)", exit_reason)
         self.notifier.stopping()
         self.notifier.status(f"stopping ({exit_reason}), flushing")
@@ -431,4 +438,3 @@ class Daemon:
             self.metrics.stop()
         log.info("stopped%s", "" if drained else " (spool not empty)")
         self.notifier.close()
-        return 0

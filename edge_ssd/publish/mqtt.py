@@ -139,7 +139,7 @@ class MqttPublisher:
             self._live.append((topic, payload, qos, retain))
         return True
 
-    def subscribe(self, topic: str, callback) -> None:
+    def subscribe(self, topic: str, callback: Callable[[str, bytes, bool], None]) -> None:
         """Deliver messages on ``topic`` (exact name, QoS 1, subscribed again after every connect) to
         ``callback(topic, payload, retained)``. It runs on the I/O thread: it must return quickly."""
         with self._lock:

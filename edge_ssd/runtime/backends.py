@@ -46,8 +46,8 @@ _TFLITE_MODULES = {
     "tensorflow": "tensorflow.lite",
 }
 _INSTALL_HINT = (
-    "install a TFLite runtime: `pip install ai-edge-litert` (Linux aarch64/x86_64, Python 3.9+), or "
-    "`pip install tflite-runtime` on old Raspberry Pi OS images"
+    "install the TFLite runtime: `pip install ai-edge-litert` (64-bit Linux, aarch64 or x86_64); on a 32-bit "
+    "OS flash a 64-bit image"
 )
 EDGETPU_HINT = (
     "install the Edge TPU runtime (`sudo apt install libedgetpu1-std` from packages.cloud.google.com/apt "
@@ -160,7 +160,10 @@ class TFLiteBackend(Backend):
                 break
         if mod is None:
             which = "no TFLite runtime is installed" if runtime == "auto" else f"{runtime} is not installed"
-            raise DependencyError(f"{which}; {_INSTALL_HINT}")
+            hint = _INSTALL_HINT
+            if runtime == "tflite_runtime":
+                hint = "pip install tflite-runtime (Python <= 3.11 only), or use the faster --backend litert"
+            raise DependencyError(f"{which}; {hint}")
         self.runtime = used
         delegates = []
         if edgetpu:
