@@ -154,6 +154,8 @@ def run(args) -> int:
         c.connect(args.host, args.port, keepalive=30)
     except OSError as e:
         raise UserError(f"cannot connect to {args.host}:{args.port}: {e}; is the broker up?") from None
+    except ValueError as e:  # paho: an empty or malformed host name
+        raise UserError(f"--host {args.host!r}: {e} (give the broker's name or address)") from None
     c.loop_start()
     try:
         ok = done.wait(args.timeout)

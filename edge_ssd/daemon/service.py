@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..model.bundle import fingerprint
@@ -34,6 +35,9 @@ from ..runtime.memory import trim_heap
 from .config import Config, ConfigError, LoadedConfig, load_config, source_rules, tracker_settings
 from .health import Watchdog, source_status, starting_status, stats_message
 from .sdnotify import Notifier, watchdog_interval
+
+if TYPE_CHECKING:
+    from ..fleet.device import Candidate, Rollout
 
 log = logging.getLogger("edge_ssd.daemon")
 
@@ -46,7 +50,7 @@ TICK = 0.1
 class _Probation:
     """A new bundle on trial: kept after ``check_frames`` good frames, else ``previous`` comes back."""
 
-    candidate: object  # fleet.device.Candidate
+    candidate: Candidate
     previous: object  # the Detector to go back to
     deadline: float
 
@@ -80,7 +84,7 @@ class Daemon:
         self.model_sha: str | None = None  # fingerprint of the loaded model (reload compares it)
         self.ready = False
         self.started = time.monotonic()
-        self.rollout = None
+        self.rollout: Rollout | None = None
         self._probation: _Probation | None = None
 
     # -- components -----------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from .hub import Update
 from .messages import json_bytes
@@ -93,7 +94,7 @@ class MqttPublisher:
         self._session_ok = False  # per connection attempt (the network thread)
         self._refused: str | None = None
         self._handed: dict[int, int] = {}
-        self._subs: dict[str, object] = {}  # topic -> callback(topic, payload, retained), see subscribe()
+        self._subs: dict[str, Callable[[str, bytes, bool], None]] = {}  # topic -> callback, see subscribe()
 
     # -- producer API (any thread) ------------------------------------------------------------------------
     def publish_durable(self, topic: str, payload: bytes, qos: int | None = None, retain: bool = False) -> bool:
@@ -134,7 +135,7 @@ class MqttPublisher:
             self._live.append((topic, payload, qos, retain))
         return True
 
-    def subscribe(self, topic: str, callback) -> None:
+    def subscribe(self, topic: str, callback: Callable[[str, bytes, bool], None]) -> None:
         """Deliver messages on ``topic`` (exact name, QoS 1, subscribed again after every connect) to
         ``callback(topic, payload, retained)``. It runs on the I/O thread: it must return quickly."""
         with self._lock:
