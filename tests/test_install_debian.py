@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import _debroot
@@ -115,21 +116,47 @@ def _stat(root: Path, path: str) -> tuple[str, str, str]:
     return mode, user, group
 
 
+@dataclass
+class Installed:
+    """A root after the first real ``install.sh`` run: what the checks need."""
+
+    root: Path
+    binds: dict
+    install: list[str]
+    first: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, project_wheel, bundle):
+    """The first install in both roots at once (apt and pip wait on the network and the disk much of the time:
+    together they take well under the sum); each test then checks its own root."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = tmp_path_factory.mktemp("debian")
+
+    def first_install(suite: str) -> Installed:
+        d = base / suite
+        binds = {REPO: "/src", wheelhouse(PYTHON_VERSION[suite], CONSTRAINED[suite]): "/wheelhouse",
+                 project_wheel.parent: "/project", bundle: "/bundle", FACES: "/faces"}
+        root = _debroot.fresh_root(suite, d / "root", BASE_PACKAGES[suite])
+        install = ["bash", "/src/deploy/install.sh", "--source", f"/project/{project_wheel.name}",
+                   "--pip-arg", "--no-index", "--pip-arg", "--find-links=/wheelhouse"]
+        return Installed(root, binds, install, _debroot.chroot_run(root, install, binds=binds, timeout=900))
+
+    with ThreadPoolExecutor(len(BASE_PACKAGES)) as ex:
+        jobs = {s: ex.submit(first_install, s) for s in BASE_PACKAGES}
+        yield jobs
+
+
 @pytest.mark.parametrize("suite", ["bookworm", "trixie"])
-def test_install_sh_on_a_real_debian_root(suite, tmp_path, project_wheel, bundle):
+def test_install_sh_on_a_real_debian_root(suite, installed):
     pyver = PYTHON_VERSION[suite]
-    wh = tmp_path / "wheelhouse"
-    shutil.copytree(wheelhouse(pyver, CONSTRAINED[suite]), wh)
-    shutil.copy(project_wheel, wh)
-    root = _debroot.fresh_root(suite, tmp_path / "root", BASE_PACKAGES[suite])
-    binds = {REPO: "/src", wh: "/wheelhouse", bundle: "/bundle", FACES: "/faces"}
-    install = ["bash", "/src/deploy/install.sh", "--source", f"/wheelhouse/{project_wheel.name}",
-               "--pip-arg", "--no-index", "--pip-arg", "--find-links=/wheelhouse"]
+    it = installed[suite].result()
+    root, binds, install, first = it.root, it.binds, it.install, it.first
 
     def sh(cmd: str, check: bool = True):
         return _debroot.chroot_run(root, ["bash", "-c", cmd], binds=binds, check=check, timeout=900)
 
-    first = _debroot.chroot_run(root, install, binds=binds, timeout=900)
     out = first.stdout + first.stderr
     assert "[change]  apt-get update" in out and "apt-get install" in out
     assert "not starting edge-ssd.service" in out and "untouched template" in out
