@@ -19,6 +19,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 UNIT_TEMPLATES=("systemd/edge-ssd.service" "systemd/edge-ssd@.service")
 CONFIG_TEMPLATE="deploy/config.example.yaml"
+NUMPY1_CONSTRAINTS="deploy/constraints-numpy1.txt"
 DEFAULT_PREFIX=/opt/edge-ssd
 SERVICE=edge-ssd.service
 SVC_USER=edge-ssd
@@ -148,6 +149,19 @@ sys_run() {
   else change "$desc"; "$@"; fi
 }
 
+# svc_run DESC CMD...: a systemctl command that needs a running systemd (daemon-reload, start, restart): on a
+# live system without one (a chroot, a container, an image build) it is printed, not run; the unit files and
+# the enable symlinks work without it, so the service starts at the next boot
+SYSTEMD_UP=0; [ -d /run/systemd/system ] && SYSTEMD_UP=1
+svc_run() {
+  if [ "$LIVE" = 1 ] && [ "$SYSTEMD_UP" = 0 ] && [ "$DRY_RUN" = 0 ]; then
+    local desc=$1; shift
+    SKIPPED=$((SKIPPED + 1)); printf '  [skip]    %s: %s  (systemd is not running here: chroot or container)\n' "$desc" "$*"
+    return 0
+  fi
+  sys_run "$@"
+}
+
 # ---------------------------------------------------------------------------------------------------- checks
 find_python() {
   local p
@@ -199,7 +213,8 @@ apt_has() {  # apt_has PKG: true when apt knows a candidate version for PKG (one
 dpkg_has() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 apt_install() {
-  local pkgs=(python3-venv python3-pip mosquitto-clients ca-certificates) missing=() p
+  # procps: /bin/kill for the unit's ExecReload (absent from minimal images)
+  local pkgs=(python3-venv python3-pip mosquitto-clients ca-certificates procps) missing=() p
   if [ "$NO_APT" = 1 ]; then ok "apt: skipped (--no-apt)"; return; fi
   if ! command -v apt-get >/dev/null 2>&1; then
     warn "apt-get not found: install python3-venv, python3-pip and mosquitto-clients yourself (or pass --no-apt)"
@@ -213,6 +228,8 @@ apt_install() {
     if [ "$LIVE" = 0 ] || ! dpkg_has "$p"; then missing+=("$p"); fi
   done
   if [ ${#missing[@]} -eq 0 ]; then ok "apt packages installed: ${pkgs[*]}"; return; fi
+  # a fresh image's package lists are empty or stale: update them first, or the install fails with 404s
+  sys_run "apt-get update" env DEBIAN_FRONTEND=noninteractive apt-get update -q
   sys_run "apt-get install ${missing[*]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
@@ -325,9 +342,10 @@ ensure_venv() {
   if [ "$REINSTALL" = 0 ] && [ "$have" = "$want" ]; then ok "edge-ssd package up to date ($src)"; return; fi
   # picamera2's apt-built modules (simplejpeg) are compiled against the system numpy: keep numpy < 2 in the
   # venv when the system numpy is 1.x, or 'import picamera2' fails with "numpy.dtype size changed"
+  # (deploy/constraints-numpy1.txt: numpy < 2 and the opencv / ml_dtypes releases that still support it)
   if "$PY" -c 'import numpy, sys; sys.exit(int(numpy.__version__.split(".")[0]) >= 2)' 2>/dev/null; then
+    install_file "$REPO/$NUMPY1_CONSTRAINTS" "$PREFIX/constraints.txt" 644
     constraint=$(r "$PREFIX")/constraints.txt
-    [ "$DRY_RUN" = 1 ] || { mkdir -p "$(dirname "$constraint")"; echo 'numpy<2' > "$constraint"; }
   fi
   do_run "pip install $src into $VENV" "$v/bin/python" -m pip install --disable-pip-version-check -q \
     ${constraint:+--constraint "$constraint"} "${PIP_ARGS[@]}" "$src"
@@ -358,7 +376,7 @@ install_units() {
     [ "$CHANGES" = "$before" ] || UNITS_CHANGED=1
   done
   [ "$found" = 1 ] || die "no unit template found: $REPO/${UNIT_TEMPLATES[0]} is missing (incomplete checkout?)"
-  if [ "$UNITS_CHANGED" = 1 ]; then sys_run "reload systemd" systemctl daemon-reload; fi
+  if [ "$UNITS_CHANGED" = 1 ]; then svc_run "reload systemd" systemctl daemon-reload; fi
 }
 
 enable_service() {
@@ -372,12 +390,19 @@ enable_service() {
 
 start_service() {
   if [ "$NO_START" = 1 ]; then ok "not starting $SERVICE (--no-start)"; return; fi
+  # the template points at a camera and a model that may not exist here: starting it would only crash-loop
+  if cmp -s -- "$REPO/$CONFIG_TEMPLATE" "$(r "$CONF_DIR/config.yaml")"; then
+    warn "not starting $SERVICE: $CONF_DIR/config.yaml is still the untouched template. Edit it (model.bundle,"
+    warn "  sources[].url, mqtt.host), check it with '$VENV/bin/edge-ssd config check $CONF_DIR/config.yaml',"
+    warn "  then: sudo systemctl start $SERVICE (it is enabled: it starts at boot)"
+    return
+  fi
   if [ "$LIVE" = 1 ] && systemctl is-active --quiet "$SERVICE" 2>/dev/null; then
     if [ "$PKG_CHANGED" = 1 ] || [ "$UNITS_CHANGED" = 1 ]; then
-      sys_run "restart $SERVICE (updated)" systemctl restart "$SERVICE"
+      svc_run "restart $SERVICE (updated)" systemctl restart "$SERVICE"
     else ok "$SERVICE running"; fi
   else
-    sys_run "start $SERVICE" systemctl start "$SERVICE"
+    svc_run "start $SERVICE" systemctl start "$SERVICE"
   fi
 }
 
@@ -449,7 +474,8 @@ uninstall() {
   say "edge-ssd uninstall (root=$ROOT, prefix=$PREFIX)"
   if [ "$LIVE" = 1 ]; then
     if systemctl is-active --quiet "$SERVICE" 2>/dev/null || systemctl is-enabled --quiet "$SERVICE" 2>/dev/null; then
-      sys_run "stop and disable $SERVICE" systemctl disable --now "$SERVICE"
+      if [ "$SYSTEMD_UP" = 1 ]; then sys_run "stop and disable $SERVICE" systemctl disable --now "$SERVICE"
+      else sys_run "disable $SERVICE" systemctl disable --quiet "$SERVICE"; fi
     fi
   elif [ -e "$ROOT$UNIT_DIR/$SERVICE" ]; then
     do_run "disable $SERVICE (systemctl --root)" systemctl --root="$ROOT" disable --quiet "$SERVICE"
@@ -462,7 +488,7 @@ uninstall() {
     if [ -e "$p" ]; then removed=1; fi
     remove_path "$UNIT_DIR/$name"
   done
-  [ "$removed" = 0 ] || sys_run "reload systemd" systemctl daemon-reload
+  [ "$removed" = 0 ] || svc_run "reload systemd" systemctl daemon-reload
   p=$(r "/$CORAL_RULES")
   if [ -e "$p" ]; then remove_path "/$CORAL_RULES"; sys_run "reload udev rules" udevadm control --reload-rules; fi
   v=$(r "$VENV")
@@ -493,7 +519,8 @@ summary() {
   else
     say "edge-ssd: $CHANGES change(s)${mode}"
   fi
-  [ "$SKIPPED" -eq 0 ] || say "edge-ssd: $SKIPPED live-system command(s) printed, not run (--root $ROOT)"
+  if [ "$SKIPPED" -gt 0 ] && [ "$LIVE" = 0 ]; then say "edge-ssd: $SKIPPED live-system command(s) printed, not run (--root $ROOT)"
+  elif [ "$SKIPPED" -gt 0 ]; then say "edge-ssd: $SKIPPED systemctl command(s) printed, not run (systemd is not running)"; fi
 }
 
 # ----------------------------------------------------------------------------------------------------- main

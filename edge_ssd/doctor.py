@@ -194,7 +194,7 @@ def measure_invoke(model_path: str | Path, threads: int | None = None, runs: int
             t0 = time.perf_counter()
             b.run(x)
             times.append((time.perf_counter() - t0) * 1000.0)
-    except Exception as e:  # an interpreter error at invoke time
+    except Exception as e:  # noqa: BLE001 - an interpreter error at invoke time, of any type, is the finding
         return Check("invoke", FAIL, f"{b.describe()}: invoke failed: {str(e).splitlines()[0] if str(e) else e!r}",
                      "re-run `edge-ssd convert` for this device")
     med = statistics.median(times)
@@ -210,7 +210,7 @@ def check_camera(root: str | Path = "/", user: str = SERVICE_USER) -> list[Check
         try:
             importlib.import_module("picamera2")
             out.append(Check("picamera2", OK, "picamera2 importable (CSI camera via libcamera)"))
-        except Exception as e:  # e.g. numpy ABI mismatch between apt's simplejpeg and a venv numpy 2
+        except Exception as e:  # noqa: BLE001 - any import failure (e.g. a numpy ABI mismatch) is the finding
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             out.append(Check("picamera2", FAIL if pi else WARN, f"picamera2 is installed but fails to import: {msg}",
                              "keep the venv's numpy at the system version (pip install 'numpy<2' when Raspberry Pi "
@@ -381,7 +381,8 @@ def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str | Non
     return out
 
 
-def check_broker(host: str, port: int = 1883, username: str | None = None, password: str | None = None,
+# complexity: one branch per connection failure, each its own message
+def check_broker(host: str, port: int = 1883, username: str | None = None, password: str | None = None,  # noqa: C901
                  tls: Any = None, timeout: float = 5.0, client_id: str | None = None,
                  keepalive: int = 30) -> Check:
     """Connect with paho and report the CONNACK: OK, bad credentials / not authorised, or unreachable."""
@@ -439,7 +440,7 @@ def check_broker(host: str, port: int = 1883, username: str | None = None, passw
     finally:
         try:
             client.disconnect()
-        except Exception:  # already closed by the broker
+        except Exception:  # noqa: BLE001 - already closed by the broker
             pass
     ms = (time.monotonic() - t0) * 1000.0
     rc = result.get("rc")
@@ -476,15 +477,48 @@ def check_bundle(path: str | Path) -> tuple[Check, Any]:
                  data={"path": str(path), "model": str(model_path), "target": m.target}), (m, model_path)
 
 
+def check_password_file(path: str | Path, user: str = SERVICE_USER) -> Check:
+    """The MQTT password file must not be readable by others, nor by a group other than the service user's."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        return Check("secrets", FAIL, f"{p}: cannot read the MQTT password file ({e.strerror})",
+                     f"create it: install -m 0640 -o root -g {user} /dev/null {p}, then write the password into it")
+    fix = f"sudo chown root:{user} {p} && sudo chmod 0640 {p}"
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    if st.st_mode & 0o004:
+        return Check("secrets", FAIL, f"{p}: the MQTT password file is readable by every user (mode "
+                     f"{st.st_mode & 0o777:04o})", fix)
+    if st.st_mode & 0o040 and group != user:
+        return Check("secrets", WARN, f"{p}: the MQTT password file is readable by group {group} (mode "
+                     f"{st.st_mode & 0o777:04o})", fix)
+    return Check("secrets", OK, f"{p}: MQTT password file mode {st.st_mode & 0o777:04o}, group {group}")
+
+
 def check_space(path: str | Path, warn_mb: float = SPOOL_WARN_MB, fail_mb: float = SPOOL_FAIL_MB) -> Check:
     p = Path(path)
     base = p
     while not base.exists() and base != base.parent:
         base = base.parent
+    where = str(p) if base == p else f"{p} (not created yet; {base})"
+    if not base.is_dir():
+        return Check("spool", FAIL, f"{where}: {base} is not a directory",
+                     "move the file away or set spool.dir to a directory", data={"path": str(p)})
+    if os.statvfs(base).f_flag & os.ST_RDONLY:
+        return Check("spool", FAIL, f"{where}: on a read-only file system: the offline spool cannot be written",
+                     "remount it read-write, or set spool.dir to a writable place (e.g. /var/lib/edge-ssd/spool)",
+                     data={"path": str(p), "checked": str(base)})
     du = shutil.disk_usage(base)
+    if du.total == 0:  # /proc, /sys: "0 MB free" would send the user to apt-get clean for nothing
+        return Check("spool", FAIL, f"{where}: not on a disk ({base} is a virtual file system)",
+                     "set spool.dir to a directory on the disk (default /var/lib/edge-ssd/spool)",
+                     data={"path": str(p), "checked": str(base)})
     free_mb = du.free / 1e6
     data = {"path": str(p), "checked": str(base), "free_mb": free_mb}
-    where = str(p) if base == p else f"{p} (not created yet; {base})"
     if free_mb < fail_mb:
         return Check("spool", FAIL, f"{where}: only {free_mb:.0f} MB free: the offline spool cannot hold messages",
                      "free disk space (sudo apt-get clean; journalctl --vacuum-size=50M)", data=data)
@@ -647,6 +681,11 @@ def run_checks(config: str | Path | None = None, bundle: str | Path | None = Non
                                 model_path=tpu_model))
     checks.extend(check_camera(root, user=user))
 
+    if cfg is not None and cfg.mqtt is not None and cfg.mqtt.password_file:
+        pf = Path(os.path.expandvars(cfg.mqtt.password_file)).expanduser()
+        checks.append(check_password_file(pf if pf.is_absolute() else cfg_path.parent / pf, user=user))
+    for w in loaded.warnings if loaded else []:
+        checks.append(Check("secrets", WARN, w, "move the password out of the config file"))
     if cfg is not None and cfg.mqtt is not None:
         m = cfg.mqtt
         checks.append(check_broker(m.host, m.port, m.username, loaded.password, tls=m.tls, timeout=timeout,

@@ -13,9 +13,10 @@ import pytest
 from _runtime_util import FACES, MJPEGServer, decode_video, face_frames, write_video
 
 from edge_ssd.capture import Backoff, Source, SourceEnded, open_source, source_kind
-from edge_ssd.capture.opencv_source import CameraSource, StreamSource, VideoFileSource, _redact
+from edge_ssd.capture.opencv_source import CameraSource, StreamSource, VideoFileSource
 from edge_ssd.capture.picamera2_source import Picamera2Source
 from edge_ssd.errors import DependencyError, UserError
+from edge_ssd.redact import mask
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_source_kinds(tmp_path, video):
     assert isinstance(open_source("3"), CameraSource)
     assert isinstance(open_source("rtsp://cam/s"), StreamSource)
     assert isinstance(open_source(str(video)), VideoFileSource)
-    assert _redact("rtsp://admin:secret@10.0.0.2/s") == "rtsp://admin:***@10.0.0.2/s"
+    assert mask("rtsp://admin:secret@10.0.0.2/s") == "rtsp://admin:***@10.0.0.2/s"
     assert "secret" not in open_source("rtsp://admin:secret@10.0.0.2/s").name
 
 

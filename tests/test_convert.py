@@ -104,7 +104,10 @@ def test_validation_runs_what_the_manifest_says(face_bundle, tmp_path):
     bad_dir = tmp_path / "bad.bundle"
     shutil.copytree(face_bundle.bundle_dir, bad_dir)
     m, _ = load_manifest(bad_dir)
-    pp = m.postprocess.model_copy(update={"center_variance": 0.2, "size_variance": 0.1})
+    swap = {"center_variance": 0.2, "size_variance": 0.1}
+    if getattr(m.postprocess, "variances", None):  # per-channel variances, when the schema has them, win
+        swap["variances"] = [0.2, 0.2, 0.1, 0.1]
+    pp = m.postprocess.model_copy(update=swap)
     write_manifest(bad_dir, m.model_copy(update={"postprocess": pp}))
     bad = compare(reference, load_detector(bad_dir), images, progress=False)
     assert good["agreement"]["f1"] >= 0.9 and good["boxes_error"]["max_abs"] < 0.2

@@ -80,7 +80,7 @@ def test_detect_image_text_output_and_annotated_save(bundle, tmp_path):
     (["detect", FACES, "--model", "/nonexistent/model.bundle"], "model /nonexistent/model.bundle not found"),
     (["detect", "/nonexistent/input.jpg", "--model", FACE_ONNX], "input /nonexistent/input.jpg not found"),
     (["detect", "/dev/video99", "--model", FACE_ONNX], "cannot open camera /dev/video99"),
-    (["detect", FACES, "--model", FACE_ONNX, "--threshold", "3"], "--threshold 3.0 is out of range"),
+    (["detect", FACES, "--model", FACE_ONNX, "--threshold", "3"], "--threshold/-t: must be a number >= 0 and <= 1"),
     (["detect", FACES, "--model", FACES], "no manifest.json"),
 ])
 def test_errors_are_one_line_exit_2(args, needle):

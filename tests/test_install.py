@@ -155,8 +155,10 @@ def test_every_written_file(installed):
         for doc in re.findall(r"file://(\S+)", u):
             assert (root / doc.lstrip("/")).is_file(), doc
     # live-system commands were printed, not run
-    for cmd in ("apt-get install", "useradd --system", "systemctl daemon-reload", "systemctl start edge-ssd"):
+    for cmd in ("apt-get update", "apt-get install", "useradd --system", "systemctl daemon-reload"):
         assert re.search(rf"\[skip\].*{re.escape(cmd)}.*not run: --root", r.stdout), cmd
+    # the untouched template config is not started (enabled, with what to edit)
+    assert "systemctl start" not in r.stdout and "untouched template" in r.stderr
     assert "[change]" in r.stdout and "change(s)" in r.stdout
 
 

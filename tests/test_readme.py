@@ -100,13 +100,16 @@ def _sandbox(tmp_path: Path) -> tuple[Path, dict]:
 
     from edge_ssd.nets import create_net
 
-    models = home / ".cache" / "edge-ssd" / "models" / "mb1-ssd-voc"
-    models.mkdir(parents=True)
+    # the paths fetch-model itself writes (so a README that names other files fails here)
+    from edge_ssd.nets.fetch import cached_paths
+
+    weights, labels = cached_paths("mb1-ssd-voc", home / ".cache" / "edge-ssd" / "models")
+    weights.parent.mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save(create_net("mb1-ssd", 21).state_dict(), models / "mobilenet-v1-ssd-mp-0_675.pth")
+    torch.save(create_net("mb1-ssd", 21).state_dict(), weights)
     from edge_ssd.data.datasets import VOC_CLASSES
 
-    (models / "voc-model-labels.txt").write_text("\n".join(VOC_CLASSES) + "\n")
+    labels.write_text("\n".join(VOC_CLASSES) + "\n")
     return work, env
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from edge_ssd.publish.spool import Spool
+from edge_ssd.publish.spool import DISK_OK_AFTER_S, Spool
 
 
 def test_order_ack_and_restart(tmp_path):
@@ -109,5 +109,41 @@ def test_real_enospc_logs_once_counts_and_recovers(tiny_fs, caplog):
         s.ack(r.id)
     assert len(s) == 0
     s._last_retry = 0
-    assert s.append("t", b"after") is not None  # writing works again
-    assert "works again" in caplog.text
+    now = time.time()
+    assert s.append("t", b"after", ts=now) is not None  # writing works again ...
+    assert "works again" not in caplog.text  # ... but one episode ends only after DISK_OK_AFTER_S of success
+    # the disk flaps (full again within the episode): still one "disk full" line
+    with caplog.at_level(logging.WARNING):
+        again = [s.append("t", os.urandom(400), ts=now + 1) for _ in range(3000)]
+    assert None in again and len([r for r in caplog.records if "disk full" in r.getMessage()]) == 1
+    for r in s.peek(0, 100000):
+        s.ack(r.id)
+    s._last_retry = 0
+    assert s.append("t", b"later", ts=now + 10) is not None
+    assert s.append("t", b"later", ts=now + 10 + DISK_OK_AFTER_S) is not None
+    assert caplog.text.count("works again") == 1
+
+
+def test_spool_and_file_sink_are_private_whatever_the_umask(tmp_path):
+    from edge_ssd.publish.filesink import FileSink
+
+    old = os.umask(0)
+    try:
+        s = Spool(tmp_path / "spool", reserve_bytes=4096)
+        s.append("t", b"x")
+        sink = FileSink(tmp_path / "out" / "det.jsonl", max_bytes=1024, backups=1)
+        sink._rotate()  # a rotated file is created the same way
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "spool").stat().st_mode & 0o777) == "0o700"
+    files = [p for p in (tmp_path / "spool").iterdir()] + [tmp_path / "out" / "det.jsonl",
+                                                           tmp_path / "out" / "det.jsonl.1"]
+    assert len(files) >= 3
+    for p in files:
+        assert oct(p.stat().st_mode & 0o777) == "0o600", p
+    # an existing loose file is tightened
+    loose = tmp_path / "loose.jsonl"
+    loose.write_text("")
+    loose.chmod(0o666)
+    FileSink(loose).close()
+    assert oct(loose.stat().st_mode & 0o777) == "0o600"

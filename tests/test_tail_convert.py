@@ -91,3 +91,30 @@ def test_tf_family_bundle_decodes_like_the_source(tmp_path, variant):
         n_ref += len(ref)
     assert n_ref >= HELD_OUT  # the synthetic images hold 1-3 objects each: the model finds them
     assert float(np.mean(f1s)) >= 0.9, f1s
+
+
+def test_raw_outputs_hatch_converts_what_the_search_refuses(tmp_path):
+    """A tail the structural search does not follow (an extra Mul after the Sigmoid) is refused; named with
+    --raw-outputs it is proved, cut per head and converted, and the device decodes it like the source."""
+    import onnx
+    from _convert_util import FACE, FACES, PHOTOS, VOC
+    from onnx import helper, numpy_helper
+
+    from edge_ssd.nets.tfod import TfTail, export_tf_od_api_style
+
+    src = export_tf_od_api_style(FACE, tmp_path / "tf.onnx", TfTail())
+    m = onnx.load(str(src))
+    prod = next(n for n in m.graph.node if "scores" in n.output)
+    prod.output[0] = "scores_pre"
+    m.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
+    m.graph.node.append(helper.make_node("Mul", ["scores_pre", "one"], ["scores"]))
+    onnx.save(m, str(tmp_path / "mul.onnx"))
+    args = ["convert", tmp_path / "mul.onnx", "--calib", VOC, "--calib-count", "40", "--val", FACES, PHOTOS,
+            "--quant", "per-channel", "--no-progress", "--force"]
+    r = cli(*args, "-o", tmp_path / "refused.bundle")
+    assert r.returncode == 2 and "--raw-outputs" in r.stderr and "Mul" in r.stderr
+    r = cli(*args, "-o", tmp_path / "ok.bundle", "--raw-outputs", "concat_1:0,concat:0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    man = json.loads((tmp_path / "ok.bundle" / "manifest.json").read_text())
+    assert man["postprocess"]["offset_order"] == "cy,cx,h,w" and len(man["boxes"]["parts"]) == 4
+    assert man["fidelity"]["f1"] >= 0.9

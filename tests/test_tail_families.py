@@ -219,3 +219,29 @@ def test_kept_background_column_named_by_the_labels(tf_models, tmp_path):
     (tmp_path / "two.txt").write_text("sky\nface\n")
     lab = _labels(tmp_path / "two.txt", tf_models["nhwc-bg-concat"], info, model)
     assert lab.names == ["sky", "face"] and _labels_background(info, lab.names) is None
+
+
+@pytest.mark.parametrize("variant", ["nhwc-sliced-bg", "nchw-nobg-gather"])
+def test_runtime_reads_a_tf_onnx_as_its_proved_tail(tf_models, variant):
+    """`detect`/`eval` on a third-party ONNX: the runtime's loader reads the outputs as the proved tail lays them
+    out (sliced background, ymin-first or reordered boxes, the graph's own normalisation), not as pytorch-ssd's."""
+    from _convert_util import FACE_LABELS
+
+    from edge_ssd.convert.validate import match
+    from edge_ssd.model.box import Detections
+    from edge_ssd.model.preprocess import read_image
+    from edge_ssd.runtime.detector import load_detector
+
+    src = load_detector(FACE, labels=FACE_LABELS)
+    bg = VARIANTS[variant].get("background", True)
+    tf = load_detector(tf_models[variant], labels=FACE_LABELS if bg else ["face"])
+    assert tf.labels == (["BACKGROUND", "face"] if bg else ["face"])
+    for p in sorted(FACES.glob("*.jpg")):
+        img = read_image(p)
+        a, b = src.detect(img, 0.7), tf.detect(img, 0.7)
+        # the same net, so the same boxes (the scores differ a little: sigmoid(face - background) vs softmax);
+        # (the pytorch-ssd reading gets neither the ymin-first boxes nor the raw-pixel feed of the first variant)
+        b_as_a = Detections(b.boxes, b.scores, np.ones_like(b.class_ids))
+        pairs = match(a, b_as_a, 0.9)
+        assert len(a) > 0 and len(pairs) >= 0.95 * max(len(a), len(b))
+        assert set(b.class_ids.tolist()) == {1 if bg else 0}

@@ -55,3 +55,27 @@ def test_watch_unreachable_broker_one_line():
 
     r = subprocess.run([EXE, "watch", "--port", str(free_port()), "--once", "1"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("edge-ssd: error: cannot connect") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(not have_mosquitto(), reason="mosquitto not installed")
+def test_watch_password_file_and_environment_not_the_command_line(tmp_path):
+    """The password comes from --password-file or EDGE_SSD_MQTT_PASSWORD (never visible in `ps`); a wrong one
+    is refused in one line that does not print it."""
+    import os
+
+    with Broker(tmp_path / "b", users={"viewer": "right-pw"}, persistence=False) as b:
+        pw = tmp_path / "pw"
+        pw.write_text("right-pw\n")
+        base = [EXE, "watch", "--port", str(b.port), "--username", "viewer", "--timeout", "1.5"]
+        env = {k: v for k, v in os.environ.items() if k != "EDGE_SSD_MQTT_PASSWORD"}
+        ok = subprocess.run(base + ["--password-file", str(pw)], capture_output=True, text=True, env=env)
+        assert ok.returncode == 1 and ok.stderr == ""  # connected, no message within --timeout
+        via_env = subprocess.run(base, capture_output=True, text=True,
+                                 env={**env, "EDGE_SSD_MQTT_PASSWORD": "right-pw"})
+        assert via_env.returncode == 1 and via_env.stderr == ""
+        pw.write_text("wrong-pw\n")
+        bad = subprocess.run(base + ["--password-file", str(pw)], capture_output=True, text=True, env=env)
+        assert bad.returncode == 2 and "refused" in bad.stderr and "wrong-pw" not in bad.stderr
+        assert bad.stderr.count("\n") == 1
+        old = subprocess.run(base + ["--password", "right-pw"], capture_output=True, text=True, env=env)
+        assert old.returncode == 1 and "--password-file" in old.stderr and "right-pw" not in old.stderr

@@ -27,6 +27,7 @@ import logging
 import random
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -51,6 +52,9 @@ class Frame:
 
     def __iter__(self):
         return iter((self.image, self.ts, self.index))
+
+
+HEALTHY_AFTER = 2  # frames a reconnected live source must deliver before its backoff resets
 
 
 class SourceEnded(Exception):
@@ -111,6 +115,8 @@ class Source:
         self._opened = False
         self._connected = False
         self._failures = 0
+        self._conn_frames = 0  # frames of the current connection
+        self._last_mark: tuple | None = None  # (shape, crc32 of a subsample) of the last frame
         self._next_t = 0.0
         self._io = threading.RLock()  # serialises connect/grab (sync mode) with close()
 
@@ -141,7 +147,7 @@ class Source:
             except UserError:
                 self._set_status("failed")
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a camera backend can raise anything: counted, retried with backoff
                 if self.fail_fast or self.finite:
                     self._set_status("failed")
                     self.error = _one_line(e)
@@ -225,16 +231,34 @@ class Source:
     def _do_connect(self) -> None:
         self._connect()
         self._connected = True
-        self._failures = 0
-        self.error = None
+        self._conn_frames = 0
+        if not self._failures:  # the first connection; after failures, see _healthy
+            self.error = None
         self._set_status("ok")
+
+    def _healthy(self, img: np.ndarray) -> bool:
+        """After a reconnect, the failure count (and so the backoff) is reset only once the connection has
+        delivered HEALTHY_AFTER frames: a source that gives one frame per connection (an HTTP snapshot URL, a
+        1-frame video) then backs off to the maximum delay instead of reconnecting every half second. The first
+        frame after a reconnect that equals the last one before it is not new: False (skip it)."""
+        self._conn_frames += 1
+        # a fingerprint, not the frame: holding the last full frame would cost a frame of memory per source
+        mark = (img.shape, zlib.crc32(np.ascontiguousarray(img[::8, ::8]).data))
+        repeat = self._conn_frames == 1 and bool(self._failures) and mark == self._last_mark
+        if self._failures and self._conn_frames >= HEALTHY_AFTER:
+            self._failures = 0
+            self.error = None
+        self._last_mark = mark
+        if repeat:
+            self.dropped["repeat"] += 1
+        return not repeat
 
     def _safe_disconnect(self) -> None:
         if self._connected:
             self._connected = False
             try:
                 self._disconnect()
-            except Exception as e:  # pragma: no cover - best effort
+            except Exception as e:  # noqa: BLE001 - best effort on the way out
                 log.debug("%s: disconnect: %s", self.name, e)
 
     def _note_failure(self, e: Exception) -> None:
@@ -285,7 +309,7 @@ class Source:
                     self._note_failure(e)
                     self._set_status("failed")
                     return None
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a camera backend can raise anything: counted, retried with back
                     self._note_failure(e)
                     continue
             try:
@@ -294,13 +318,15 @@ class Source:
                 self._safe_disconnect()
                 self._set_status("ended")
                 return None
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a camera backend can raise anything: counted, retried with backoff
                 self._note_failure(e)
                 self._safe_disconnect()
                 if self.finite:
                     self._set_status("ended")
                     return None
                 continue  # the next round reconnects after the backoff, or gives up (no reconnect, max failures)
+            if not self.finite and not self._healthy(img):
+                continue
             self._pace()
             return img
         return None

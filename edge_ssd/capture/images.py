@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..errors import UserError
+from ..model.preprocess import decode_image
 from .base import Source, SourceEnded
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,12 @@ class ImageSource(Source):
             p = self.paths[self._pos]
             self._pos += 1
             data = np.fromfile(str(p), dtype=np.uint8) if p.is_file() else np.zeros(0, np.uint8)
-            img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+            img = decode_image(data)
             if img is None:
                 self.dropped["corrupt"] += 1
                 self.errors += 1
-                log.warning("%s: cannot decode %s, skipped", self.name, p)
+                log.warning("%s: cannot decode %s (%s), skipped", self.name, p,
+                            "empty file" if not data.size else "truncated or not an image")
                 continue
             self._current = p
             return img

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
+from ..redact import mask
 from .base import Source, SourceEnded, SourceError
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class StreamSource(Source):
 
     def __init__(self, url: str, name: str | None = None, open_timeout_ms: int = OPEN_TIMEOUT_MS,
                  read_timeout_ms: int = READ_TIMEOUT_MS, **kw):
-        super().__init__(name or _redact(url), **kw)
+        super().__init__(name or mask(url), **kw)
         self.url = url
         self.open_timeout_ms = open_timeout_ms
         self.read_timeout_ms = read_timeout_ms
@@ -99,7 +100,7 @@ class StreamSource(Source):
         cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot connect to {_redact(self.url)}")
+            raise SourceError(f"cannot connect to {mask(self.url)}")
         self._cap = cap
 
     def _grab(self) -> np.ndarray:
@@ -109,7 +110,7 @@ class StreamSource(Source):
         self._cap = _release(self._cap)
 
     def _open_error(self, e: Exception) -> str:
-        return (f"cannot open stream {_redact(self.url)} ({e}); check the URL, credentials and that the camera is "
+        return (f"cannot open stream {mask(self.url)} ({e}); check the URL, credentials and that the camera is "
                 "reachable (try it with ffplay or VLC)")
 
 
@@ -162,9 +163,12 @@ class VideoFileSource(Source):
                 # an undecodable frame inside the file: skip it, keep going
                 self._corrupt_run += 1
                 self.dropped["corrupt"] += 1
-                log.warning("%s: frame %d cannot be decoded, skipped", self.name, pos)
+                if self._corrupt_run == 1:  # one line per damaged stretch, not one per frame
+                    log.warning("%s: frame %d cannot be decoded: skipping undecodable frames", self.name, pos)
                 if not self._cap.grab():  # advance past it; give up at the real end
                     if self._corrupt_run >= MAX_CORRUPT_IN_A_ROW:
+                        log.warning("%s: no frame decodes after frame %d (of %d): the file looks truncated; "
+                                    "stopping there", self.name, pos, self.frame_count)
                         break
                 continue
             break
@@ -179,13 +183,3 @@ class VideoFileSource(Source):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
-
-
-def _redact(url: str) -> str:
-    """The URL without a password (for names and logs)."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url

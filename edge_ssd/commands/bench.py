@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..runtime.backends import BACKENDS
+from . import _args as A
 
 
 def register(subparsers) -> None:
@@ -21,8 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--onnx", action="append", default=[],
                    help="source ONNX model to run on ONNX Runtime too (default: the bundle's source if found)")
     p.add_argument("--labels", help="labels file for bare .tflite/.onnx models without labels")
-    p.add_argument("--frames", "-n", type=int, default=200, help="timed frames per configuration")
-    p.add_argument("--warmup", type=int, default=10, help="untimed frames first")
+    p.add_argument("--frames", "-n", type=A.positive_int, default=200, help="timed frames per configuration")
+    p.add_argument("--warmup", type=A.nonneg_int, default=10, help="untimed frames first")
     p.add_argument("--threads", default="auto",
                    help="interpreter threads, comma-separated list (e.g. 1,2,4); auto: the runtime's default")
     p.add_argument("--backends", default="all",
@@ -36,13 +37,14 @@ def register(subparsers) -> None:
     p.add_argument("--e2e-seconds", type=float, default=10.0, help="length of the end-to-end measurement")
     p.add_argument("--plot", metavar="PNG", help="write a latency plot")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    A.add_no_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import json
 
-    from ..errors import UserError
+    from ..errors import DependencyError, UserError
     from ..runtime.bench import format_table, plot_results, run_bench
 
     if args.threads == "auto":
@@ -54,10 +56,17 @@ def run(args) -> int:
             raise UserError(f"--threads {args.threads!r}: give a comma-separated list of integers, e.g. 1,2,4") \
                 from None
     backends = None if args.backends == "all" else [b.strip() for b in args.backends.split(",") if b.strip()]
-    if args.frames < 1:
-        raise UserError("--frames must be at least 1")
+    if any(t is not None and t < 1 for t in threads):
+        raise UserError(f"--threads {args.threads!r}: every thread count must be at least 1")
+    if args.plot:  # fail before a long run, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise DependencyError("--plot needs matplotlib: pip install 'edge-ssd[convert]' (or drop --plot)") from None
     res = run_bench(args.model, args.onnx, args.labels, args.frames, args.warmup, threads, backends, args.image,
-                    pipeline=not args.no_pipeline, rss=not args.no_rss)
+                    pipeline=not args.no_pipeline, rss=not args.no_rss, progress=not args.no_progress)
+    if not res.rows and res.skipped:
+        raise UserError(f"nothing could be benchmarked: {res.skipped[0].error}")
     if args.e2e_fps > 0 and res.rows:
         from ..daemon.latency import bench_e2e, format_e2e
         from ..runtime.bench import bench_frame

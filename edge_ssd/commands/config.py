@@ -33,6 +33,8 @@ def run(args) -> int:
         for line in e.problems:
             print(line, file=sys.stderr)
         return 2
+    for w in loaded.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if not args.quiet:
         print(loaded.summary())
     return 0

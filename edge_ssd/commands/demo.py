@@ -19,17 +19,20 @@ import subprocess
 import time
 from pathlib import Path
 
+from . import _args as A
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the shipped test model: convert to int8, run the daemon on a video over "
                                            "MQTT, write an annotated video")
     p.add_argument("--out", default="edge-ssd-demo", help="output folder (default: ./edge-ssd-demo)")
-    p.add_argument("--frames", type=int, default=60, help="frames in the demo video (default 60, 10 fps)")
+    p.add_argument("--frames", type=A.positive_int, default=60, help="frames in the demo video (default 60, 10 fps)")
     p.add_argument("--mqtt-host", help="publish to this MQTT broker instead of starting a local Mosquitto")
-    p.add_argument("--mqtt-port", type=int, default=1883)
+    p.add_argument("--mqtt-port", type=A.port, default=1883)
     p.add_argument("--no-mqtt", action="store_true", help="no broker: the daemon prints JSON lines on stdout")
     p.add_argument("--quiet", action="store_true", help="do not echo detections on stdout")
     p.add_argument("--rebuild", action="store_true", help="convert again even if the bundle is up to date")
+    A.add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -165,7 +168,7 @@ def run_with_local_broker(out: Path, bundle: Path, video: Path, quiet: bool) -> 
     return rc, n
 
 
-def _convert(tm, bundle: Path, rebuild: bool) -> bool:
+def _convert(tm, bundle: Path, rebuild: bool, progress: bool = True) -> bool:
     from ..convert.api import convert_model
     from ..model.bundle import sha256_file
 
@@ -176,7 +179,7 @@ def _convert(tm, bundle: Path, rebuild: bool) -> bool:
          "recipe, per-channel min-max, to keep the demo short; `edge-ssd convert` tries three and keeps the best)")
     res = convert_model(tm.onnx_path, bundle, calib=tm.dataset_dir, calib_split="train", calib_count=200,
                         val=tm.dataset_dir, val_split="test", quant="per-channel", calibration="minmax", force=True,
-                        progress=True)
+                        progress=progress)
     if not res.ok:
         _say(f"    conversion below the agreement threshold; artefacts kept in {bundle}")
     return bool(res.ok)
@@ -198,11 +201,11 @@ def run(args) -> int:
     t0 = time.monotonic()
 
     _say("1/5 the trained test model that ships with edge-ssd, exported to ONNX (once, then cached)")
-    tm = get_test_model(progress=True)
+    tm = get_test_model(progress=not args.no_progress)
     _say(f"    {tm.onnx_path}  fp32 mAP@0.5 {tm.metrics.get('map_voc07', float('nan')):.3f} (held-out split)")
 
     bundle = out / "shapes-int8.bundle"
-    if not _convert(tm, bundle, args.rebuild):
+    if not _convert(tm, bundle, args.rebuild, progress=not args.no_progress):
         return 4
     manifest, _ = load_manifest(bundle)
     _say(f"    fidelity (int8 vs fp32): {json.dumps(manifest.fidelity)[:400]}")

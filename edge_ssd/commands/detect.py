@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..runtime.backends import BACKEND_CHOICES
+from . import _args as A
 
 
 def register(subparsers) -> None:
@@ -21,12 +22,39 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per frame (boxes in pixels of the original frame)")
     p.add_argument("--save", metavar="DIR", help="write annotated images (or an annotated video) into DIR")
-    p.add_argument("--threshold", "-t", type=float, default=None, help="score threshold (default: the model's)")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads")
+    p.add_argument("--threshold", "-t", type=A.unit_float, default=None, help="score threshold (default: the model's)")
+    p.add_argument("--threads", type=A.threads, default=None, help="interpreter threads")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="inference backend")
-    p.add_argument("--max-frames", type=int, default=None,
+    p.add_argument("--max-frames", type=A.positive_int, default=None,
                    help="stop after this many frames (cameras and streams run until Ctrl-C otherwise)")
     p.set_defaults(func=run)
+
+
+
+class FirstN:
+    """Forwards the first ``n`` results (all when ``n`` is None) to ``sinks``; ``full`` once n went through."""
+
+    def __init__(self, sinks: list, n: int | None):
+        self.sinks = sinks
+        self.n = n
+        self.count = 0
+        self.wants_image = any(getattr(s, "wants_image", False) for s in sinks)
+
+    @property
+    def full(self) -> bool:
+        return self.n is not None and self.count >= self.n
+
+    def handle(self, r) -> None:
+        if self.full:
+            return
+        self.count += 1
+        for s in self.sinks:
+            s.handle(r)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            if hasattr(s, "close"):
+                s.close()
 
 
 def run(args) -> int:
@@ -38,15 +66,15 @@ def run(args) -> int:
     from ..errors import UserError
     from ..publish.annotate import SaveSink
     from ..publish.console import JsonSink, TextSink
+    from ..redact import mask
     from ..runtime.detector import load_detector
     from ..runtime.pipeline import Pipeline, SourceConfig
 
     log = logging.getLogger("edge_ssd.detect")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise UserError(f"--threshold {args.threshold} is out of range; give a score between 0 and 1")
     kind = source_kind(args.input)
     live = kind in ("camera", "stream", "picamera2")
-    src = open_source(args.input, name=args.input, latest=live, realtime=False, fail_fast=True)
+    shown = mask(args.input)  # the source's name in logs and JSON: never a URL's password
+    src = open_source(args.input, name=shown, latest=live, realtime=False, fail_fast=True)
     det = load_detector(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
                         labels=args.labels)
     log.info("backend in use: %s", det.backend.describe())
@@ -59,16 +87,16 @@ def run(args) -> int:
         elif live and args.max_frames is None:
             video_name = None  # a camera run without an end: save frames as images
         sinks.append(SaveSink(args.save, video_name=video_name, fps=fps))
-    pipe = Pipeline(det, [SourceConfig(src, name=args.input)], sinks, process_all=not live)
+    gate = FirstN(sinks, args.max_frames)
+    pipe = Pipeline(det, [SourceConfig(src, name=shown)], [gate], process_all=not live)
     if kind == "file":
         src.open()
         if getattr(src, "file_fps", 0) and 0 < src.file_fps < 1000 and args.save:
             sinks[-1].fps = src.file_fps
     try:
         pipe.start()
-        limit = args.max_frames
         while not pipe.wait(0.1):
-            if sinks[0].broken or (limit is not None and pipe.processed >= limit):
+            if sinks[0].broken or gate.full:
                 break
             if live and src.status == "failed":
                 break
@@ -83,8 +111,11 @@ def run(args) -> int:
         return 0
     st = pipe.stats()
     if src.status == "failed" and st.processed == 0:
-        raise UserError(f"source {args.input} failed: {src.error}; check the camera/stream and try again")
+        raise UserError(f"source {shown} failed: {mask(src.error)}; check the camera/stream and try again")
     bad = st.dropped.get("corrupt", 0)
+    if bad and st.processed == 0:
+        raise UserError(f"{shown}: nothing could be decoded ({bad} file(s)/frame(s) empty, truncated or not an "
+                        "image); replace them with readable JPEG/PNG files or a playable video")
     if bad:
         log.warning("%d frame(s) could not be decoded and were skipped", bad)
     log.info("%d frame(s) processed, inference p50 %s ms, backend %s", st.processed, st.inference_ms.p50,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import _args as A
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", metavar="BUNDLE", help="bundle to verify and time (default: the config's model.bundle)")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of lines")
     p.add_argument("--user", default="edge-ssd", help="service user whose group membership is checked")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker (default 5)")
+    p.add_argument("--timeout", type=A.positive_float, default=5.0, help="seconds to wait for the broker (default 5)")
     p.add_argument("--root", default="/", help=argparse.SUPPRESS)  # fake sysfs/dev trees (tests)
     p.set_defaults(func=run)
 
@@ -26,11 +28,12 @@ def run(args) -> int:
     import json
 
     from ..doctor import run_checks
+    from ..redact import mask
 
     report = run_checks(config=args.config, bundle=args.model, root=args.root, user=args.user,
                         timeout=args.timeout)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=1, default=str))
+        print(mask(json.dumps(report.as_dict(), indent=1, default=str)))
     else:
-        print(report.text())
+        print(mask(report.text()))
     return report.exit_code

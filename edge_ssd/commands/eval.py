@@ -24,6 +24,7 @@ def register(subparsers) -> None:
                         "/ <stem>.txt beside it)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     p.set_defaults(func=run)
 
 
@@ -51,7 +52,8 @@ def run(args) -> int:
         raise UserError(f"{args.dataset} has no ground-truth boxes (eval needs a VOC or Open Images dataset)")
     predictor = load_predictor(args.model, labels=args.labels, prob_threshold=args.threshold, labels_required=True)
     labels = predictor.labels
-    report = evaluate(predictor, dataset, iou=args.iou, limit=args.limit, model_labels=labels)
+    report = evaluate(predictor, dataset, iou=args.iou, limit=args.limit, model_labels=labels,
+                      progress=not args.no_progress)
     report.update(model=str(args.model), dataset=str(args.dataset), split=args.split, threshold=args.threshold,
                   predictor=predictor.description)
     print(format_report(report))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import _args as A
+
 ARCH_CHOICES = ("mb1-ssd", "mb1-ssd-lite", "mb2-ssd-lite")
 
 
@@ -23,9 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("--labels", required=True, help="labels .txt, one class per line, BACKGROUND first")
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--opset", type=int, default=13, choices=range(10, 18), metavar="{10..17}", help="ONNX opset")
-    p.add_argument("--width-mult", type=float, default=None, help="base-net width multiplier (default: guessed, 1.0)")
+    p.add_argument("--width-mult", type=A.positive_float, default=None,
+                   help="base-net width multiplier (default: guessed, 1.0)")
     p.add_argument("--check-image", help="image for the ONNX Runtime vs PyTorch check (default: a synthetic one)")
-    p.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed in that check")
+    p.add_argument("--atol", type=A.positive_float, default=1e-4, help="max abs difference allowed in that check")
     p.set_defaults(func=run)
 
 

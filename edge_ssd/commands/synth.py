@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import _args as A
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -11,17 +13,18 @@ def register(subparsers) -> None:
         "OUT/open-images-model-labels.txt; deterministic given --seed.",
     )
     p.add_argument("out", metavar="OUT", help="output directory (created)")
-    p.add_argument("--train", type=int, default=1000, help="number of training images (default 1000)")
-    p.add_argument("--test", type=int, default=200, help="number of test images (default 200)")
-    p.add_argument("--validation", type=int, default=0, help="number of validation images (default 0)")
+    p.add_argument("--train", type=A.nonneg_int, default=1000, help="number of training images (default 1000)")
+    p.add_argument("--test", type=A.nonneg_int, default=200, help="number of test images (default 200)")
+    p.add_argument("--validation", type=A.nonneg_int, default=0, help="number of validation images (default 0)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--min-scale", "--min_scale", type=float, default=0.08,
+    p.add_argument("--min-scale", "--min_scale", type=A.unit_float, default=0.08,
                    help="smallest object side as a fraction of the image (default 0.08)")
-    p.add_argument("--max-scale", "--max_scale", type=float, default=0.9,
+    p.add_argument("--max-scale", "--max_scale", type=A.unit_float, default=0.9,
                    help="largest object side as a fraction of the image (default 0.9)")
-    p.add_argument("--max-objects", "--max_objects", type=int, default=4, help="objects per image, at most")
+    p.add_argument("--max-objects", "--max_objects", type=A.positive_int, default=4, help="objects per image, at most")
     p.add_argument("--video", metavar="PATH", help="also render a clip of moving shapes to PATH (.avi MJPG)")
-    p.add_argument("--frames", type=int, default=60, help="video frames (default 60)")
+    p.add_argument("--frames", type=A.positive_int, default=60, help="video frames (default 60)")
+    A.add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -37,7 +40,7 @@ def run(args) -> int:
         raise UserError("--max-objects must be >= 1")
     cfg = SynthConfig(min_scale=args.min_scale, max_scale=args.max_scale, max_objects=args.max_objects)
     root = make_dataset(args.out, train=args.train, test=args.test, seed=args.seed, cfg=cfg,
-                        validation=args.validation)
+                        validation=args.validation, progress=not args.no_progress)
     print(f"wrote {args.train} train / {args.test} test images to {root}")
     if args.video:
         gts = make_video(args.video, n_frames=args.frames, seed=args.seed)

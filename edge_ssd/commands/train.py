@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import _args as A
+
 
 def _flag(p, name: str, *more: str, **kw):
     """Add ``--name-with-hyphens`` plus its ``--underscore_alias`` (pytorch-ssd's original spelling)."""
@@ -26,17 +28,20 @@ def register(subparsers) -> None:
     _flag(p, "--validation-dataset", metavar="DIR", help="dataset root for validation (default: first --datasets)")
     _flag(p, "--net", "--arch", default="mb1-ssd", choices=["mb1-ssd", "mb1-ssd-lite", "mb2-ssd-lite"],
           help="architecture (default mb1-ssd)")
-    _flag(p, "--width-mult", "--mb2-width-mult", type=float, default=1.0, help="width multiplier (default 1.0)")
+    _flag(p, "--width-mult", "--mb2-width-mult", type=A.positive_float, default=1.0,
+          help="width multiplier (default 1.0)")
     _flag(p, "--freeze-base-net", action="store_true", help="freeze the base net, train extras and heads")
     _flag(p, "--freeze-net", action="store_true", help="freeze everything but the heads")
     _flag(p, "--pretrained-ssd", metavar="PTH", help="start from an SSD checkpoint (heads re-initialised when "
           "the class count differs)")
     _flag(p, "--resume", metavar="PTH", help="resume from last.pth (full state) or a weights-only checkpoint")
-    _flag(p, "--lr", "--learning-rate", type=float, default=0.01, help="learning rate of the heads (default 0.01)")
+    _flag(p, "--lr", "--learning-rate", type=A.positive_float, default=0.01,
+          help="learning rate of the heads (default 0.01)")
     _flag(p, "--momentum", type=float, default=0.9)
     _flag(p, "--optimizer", default="sgd", choices=["sgd", "adam"],
           help="sgd with momentum (pytorch-ssd, default) or adam (AdamW; faster from scratch)")
-    _flag(p, "--max-expand", type=float, default=4.0, help="largest zoom-out of the expand augmentation (default 4)")
+    _flag(p, "--max-expand", type=A.positive_float, default=4.0,
+          help="largest zoom-out of the expand augmentation (default 4)")
     _flag(p, "--weight-decay", type=float, default=5e-4)
     _flag(p, "--gamma", type=float, default=0.1, help="multi-step decay factor")
     _flag(p, "--base-net-lr", type=float, help="learning rate of the base net (default --lr)")
@@ -45,21 +50,22 @@ def register(subparsers) -> None:
     _flag(p, "--milestones", default="80,100", help="multi-step epochs (default 80,100)")
     _flag(p, "--t-max", type=float, help="cosine period in epochs (default --num-epochs)")
     _flag(p, "--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up (default 0)")
-    _flag(p, "--batch-size", type=int, default=32)
-    _flag(p, "--num-epochs", "--epochs", type=int, default=120)
-    _flag(p, "--num-workers", "--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    _flag(p, "--batch-size", type=A.positive_int, default=32)
+    _flag(p, "--num-epochs", "--epochs", type=A.positive_int, default=120)
+    _flag(p, "--num-workers", "--workers", type=A.nonneg_int, default=2, help="DataLoader workers (default 2)")
     _flag(p, "--mp-context", choices=["fork", "spawn", "forkserver"], help="worker start method")
-    _flag(p, "--validation-epochs", type=int, default=5, help="validate every N epochs (default 5)")
+    _flag(p, "--validation-epochs", type=A.positive_int, default=5, help="validate every N epochs (default 5)")
     _flag(p, "--no-validation-map", action="store_true", help="validation loss only (skip mAP)")
     _flag(p, "--checkpoint-folder", "--model-dir", default="models", help="where checkpoints go (default models/)")
     _flag(p, "--seed", type=int, default=0)
-    _flag(p, "--threads", type=int, help="torch CPU threads")
+    _flag(p, "--threads", type=A.threads, help="torch CPU threads")
     _flag(p, "--no-channel-swap", action="store_true", help="no random RGB channel permutation in augmentation")
-    _flag(p, "--max-steps", type=int, help="stop after this many optimiser steps")
+    _flag(p, "--max-steps", type=A.positive_int, help="stop after this many optimiser steps")
     _flag(p, "--test-model", action="store_true",
           help="export (or find in the cache) the shipped synthetic test model and print where it is "
                "(the same as `edge-ssd testmodel`)")
     _flag(p, "--cache-dir", help="cache for --test-model (default $EDGE_SSD_CACHE or ~/.cache/edge-ssd)")
+    A.add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -71,7 +77,7 @@ def run(args) -> int:
     if args.test_model:
         from ..train.testmodel import get_test_model
 
-        tm = get_test_model(cache_dir=args.cache_dir)
+        tm = get_test_model(cache_dir=args.cache_dir, progress=not args.no_progress)
         print(json.dumps(tm.to_json(), indent=1))
         return 0
     if not args.datasets:
@@ -91,7 +97,7 @@ def run(args) -> int:
         checkpoint_folder=args.checkpoint_folder, seed=args.seed, threads=args.threads,
         channel_swap=not args.no_channel_swap, max_steps=args.max_steps,
     )  # fmt: skip
-    res = train(cfg)
+    res = train(cfg, progress=not args.no_progress)
     print(f"best checkpoint: {res.best_path} (epoch {res.best.get('epoch')}); labels: {res.labels_path}; "
           f"{res.seconds:.0f} s")
     return 0

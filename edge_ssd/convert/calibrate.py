@@ -150,7 +150,7 @@ def build_calibration(images: ImageSet, to_input, norm: Normalization, count: in
                         f"least {MIN_IMAGES} (100+ recommended) - add images or pass --force")
     data, skipped, paths = [], [], []
     err = 0.0
-    for k in tqdm(range(n), desc="calibration images", unit="img", disable=not progress, leave=False):
+    for k in tqdm(range(n), desc="calibration images", unit="img", disable=None if progress else True, leave=False):
         try:
             img = sub.load(k)
         except (UserError, ValueError, OSError):

@@ -65,6 +65,8 @@ def load_onnx(path):
     """Load an ONNX file with one-line errors for missing, truncated or invalid files."""
     onnx = _onnx()
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p} is a directory; pass the exported .onnx file itself")
     if not p.is_file():
         raise UserError(f"{p}: no such file; pass the path of an exported .onnx model")
     try:
@@ -299,6 +301,19 @@ class _Graph:
                 stack.extend(n.input)
         return seen
 
+    def const_value(self, t: str) -> np.ndarray | None:
+        """An initializer's value (None for other constants)."""
+        from onnx import numpy_helper
+
+        init = next((i for i in self.model.graph.initializer if i.name == t), None)
+        if init is not None:
+            return numpy_helper.to_array(init)
+        n = self.prod.get(t)
+        if n is not None and n.op_type == "Constant":
+            a = next((a for a in n.attribute if a.name == "value"), None)
+            return None if a is None else numpy_helper.to_array(a.t)
+        return None
+
     def value(self, t: str) -> np.ndarray:
         if t == self.input_name:
             return self.x
@@ -413,6 +428,25 @@ def _score_fn_node(gr: _Graph, scores: str):
     return None
 
 
+def _before_logit_scale(gr: _Graph, t: str, rows: int) -> str:
+    """Back from a score function's input through a logit scale (TF OD API: ``scale_logits``, a Div/Mul by a
+    scalar constant) and order-keeping layout ops to the heads' logits, so the cut is per head; the proof then
+    checks the scale is 1. ``t`` itself when there is nothing of the kind."""
+    best = t
+    for _ in range(6):
+        n = gr.prod.get(t)
+        if n is None:
+            break
+        consts = [gr.const_value(i) for i in n.input if i in gr.const]
+        scalar = n.op_type in ("Div", "Mul") and len(consts) == 1 and consts[0] is not None and consts[0].size == 1
+        if not (scalar or n.op_type in ORDER_OPS) or (t := _data_input(gr, n)) is None:
+            break
+        r = _rows(gr.shape(t)) if gr.shape(t) else None
+        if r is not None and r[0] == rows:
+            best = t
+    return best
+
+
 def _offsets_walk(gr: _Graph, boxes: str) -> tuple[set[str], set[str]]:
     """(frontier, walked): the non-constant tensors where the box decode starts, and the decode's tensors."""
     frontier, seen, stack = set(), set(), [boxes]
@@ -499,7 +533,7 @@ def find_tail(gr: _Graph, raw_outputs: tuple[str, str] | None = None) -> TailInf
             return _not_recognised(info, gr, f"`{scores}` is not produced by a Softmax/Sigmoid (found "
                                              f"{p.op_type if p else 'an input'})")
         info.score_fn = sn.op_type.lower()
-        info.logits_tensor = sn.input[0]
+        info.logits_tensor = _before_logit_scale(gr, sn.input[0], n)
         frontier, walked = _offsets_walk(gr, boxes)
         if len(frontier) != 1:
             return _not_recognised(info, gr, f"box decoding feeding `{boxes}` starts from {len(frontier)} tensors "
@@ -640,7 +674,7 @@ def _family(t: TailInfo) -> str:
     c = t.coding
     if c.offset_order == "cx,cy,w,h" and c.box_order == "x1,y1,x2,y2" and t.score_fn == "softmax":
         return "pytorch-ssd"
-    if c.offset_order == "cy,cx,h,w" and t.score_fn == "sigmoid":
+    if c.offset_order == "cy,cx,h,w":  # FasterRcnnBoxCoder order (sigmoid or softmax score converter)
         return "tf-od-api"
     return "ssd"
 

@@ -147,7 +147,8 @@ def run_onnx2tf(onnx_path: Path, out_dir: Path, *, input_name: str, calib_npy: P
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=None, desc=f"onnx2tf ({quant_type}, log: {log_path.name})", bar_format="{desc}: {elapsed}")
+            bar = tqdm(total=None, desc=f"onnx2tf ({quant_type}, log: {log_path.name})", bar_format="{desc}: {elapsed}",
+                       disable=None)
         try:
             while True:
                 try:

@@ -105,7 +105,7 @@ def reference_outputs(ref, images, score_threshold: float, progress: bool = True
     from tqdm import tqdm
 
     out = Reference()
-    for k in tqdm(range(len(images)), desc="reference (ONNX Runtime)", unit="img", disable=not progress,
+    for k in tqdm(range(len(images)), desc="reference (ONNX Runtime)", unit="img", disable=None if progress else True,
                   leave=False):
         if limit is not None and len(out.index) >= limit:
             break
@@ -135,7 +135,7 @@ def compare(reference: Reference, det, images, *, score_threshold: float = 0.5, 
     examples, ms = [], []
     dets_ref, dets_got = {}, {}
     for k, key, r in tqdm(list(zip(reference.index, reference.keys, reference.outputs, strict=True)), desc=desc,
-                          unit="img", disable=not progress, leave=False):
+                          unit="img", disable=None if progress else True, leave=False):
         img = images.load(k)
         o = run_detector(det, img, score_threshold)
         if o.scores.shape != r.scores.shape or o.boxes.shape != r.boxes.shape:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import UserError
 from ..publish.scene import LabelRule, SourceRules, Zone
 from ..publish.tracker import TrackerSettings
+from ..redact import MASK, mask
 from ..runtime.backends import BackendChoice
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -311,6 +313,7 @@ class LoadedConfig:
     config: Config
     path: Path
     password: str | None  # the effective MQTT password (file > env > inline)
+    warnings: list[str] = field(default_factory=list)  # "file:line: key: advice", printed by config check and run
 
     def summary(self) -> str:
         c = self.config
@@ -319,7 +322,7 @@ class LoadedConfig:
                  f"{c.model.threads} threads{tpu})"]
         for s in c.sources:
             lab = "all labels" if s.labels.include is None else ",".join(s.labels.include)
-            url = re.sub(r"://[^@/]+@", "://***@", s.url)
+            url = mask(s.url)
             extra = "".join(f", {n} {k}" for n, k in ((len(s.filters), "filter(s)"), (len(s.zones), "zone(s)")) if n)
             lines.append(f"  source {s.name}: {url} (score>={s.score_threshold}, {lab}"
                          f"{', max ' + str(s.max_fps) + ' fps' if s.max_fps else ''}{extra})")
@@ -370,6 +373,25 @@ def _line_map(node: yaml.Node | None, path: tuple = (), out: dict | None = None)
     return out
 
 
+def _duplicate_keys(node: yaml.Node | None, path: tuple = ()) -> list[tuple[int, str]]:
+    """(line, problem) for every mapping key given twice (PyYAML silently keeps the last one)."""
+    out: list[tuple[int, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
+            line = k.start_mark.line + 1
+            if key in first:
+                out.append((line, f"{_fmt_loc(path + (key,))}: duplicate key (first given on line {first[key]}); "
+                                  "keep one of them"))
+            first.setdefault(key, line)
+            out += _duplicate_keys(v, path + (key,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, path + (i,))
+    return out
+
+
 def _loc_line(lines: dict[tuple, int], loc: tuple) -> int:
     for n in range(len(loc), -1, -1):
         if loc[:n] in lines:
@@ -384,7 +406,7 @@ def _fmt_loc(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def _problem_text(err: dict) -> str:
+def _problem_text(err: Mapping[str, Any]) -> str:
     t = err["type"]
     if t == "extra_forbidden":
         return "unknown key (remove it or check the spelling; see deploy/config.example.yaml)"
@@ -395,10 +417,13 @@ def _problem_text(err: dict) -> str:
         msg = msg[len("Value error, "):]
     if t == "literal_error" or t.endswith("_type") or t.startswith("string_pattern"):
         msg += f" (got {err.get('input')!r})"
+    if t == "string_type" and isinstance(err.get("input"), (int, float, bool)):
+        msg += f"; YAML read it as a number or boolean: quote it, e.g. \"{err.get('input')}\""
     return msg
 
 
-def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] | None = None) -> LoadedConfig:
+# complexity: one branch per config problem, each its own file:line message
+def parse_config(text: str, path: str | Path = "<config>", env: Mapping[str, str] | None = None) -> LoadedConfig:  # noqa: C901
     """Validate config ``text``; raises ``ConfigError`` with ``file:line: key: problem`` lines."""
     path = Path(path)
     env = os.environ if env is None else env
@@ -415,6 +440,9 @@ def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] |
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{fname}:1: (top level): expected a mapping of sections (device:, model:, ...)"])
+    dups = _duplicate_keys(node)
+    if dups:
+        raise ConfigError([f"{fname}:{line}: {text}" for line, text in dups])
     lines = _line_map(node)
     for var, (sec, key) in ENV_OVERRIDES.items():
         if env.get(var):
@@ -453,7 +481,12 @@ def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] |
             line = _loc_line(lines, ("mqtt",))
             raise ConfigError([f"{fname}:{line}: mqtt.username: a password is set but no username"])
     _check_rollout(cfg, lines, fname)
-    return LoadedConfig(cfg, path, password)
+    warnings = []
+    if cfg.mqtt and cfg.mqtt.password and not (env or {}).get("EDGE_SSD_MQTT_PASSWORD"):
+        warnings.append(f"{fname}:{_loc_line(lines, ('mqtt', 'password'))}: mqtt.password: the password is written "
+                        "in the config file; move it to mqtt.password_file (mode 0640 root:edge-ssd) or "
+                        "EDGE_SSD_MQTT_PASSWORD")
+    return LoadedConfig(cfg, path, password, warnings)
 
 
 def _check_rollout(cfg: Config, lines: dict[tuple, int], fname: str) -> None:
@@ -467,12 +500,18 @@ def _check_rollout(cfg: Config, lines: dict[tuple, int], fname: str) -> None:
                            "made by `edge-ssd keygen` there)"])
 
 
-def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedConfig:
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise ConfigError([f"{p}:0: (file): cannot read config: {e.strerror} (check the --config path)"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError([f"{p}:{line}: (file): not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                           "save the file as UTF-8"]) from None
     return parse_config(text, p, env)
 
 
@@ -489,7 +528,7 @@ def source_rules(cfg: Config) -> dict[str, SourceRules]:
     out = {}
     for s in cfg.sources:
         rules = {lab: LabelRule(f.min_score, f.min_area) for lab, f in s.filters.items()}
-        zones = tuple(Zone(z.name, tuple(tuple(p) for p in z.polygon),
+        zones = tuple(Zone(z.name, tuple((float(p[0]), float(p[1])) for p in z.polygon),
                            None if z.labels is None else frozenset(z.labels)) for z in s.zones)
         out[s.name] = SourceRules(rules, zones)
     return out
@@ -504,5 +543,5 @@ def tracker_settings(cfg: Config) -> TrackerSettings:
 def as_dict(cfg: Config) -> dict[str, Any]:
     d = cfg.model_dump()
     if d.get("mqtt"):
-        d["mqtt"]["password"] = "***" if d["mqtt"].get("password") else None
+        d["mqtt"]["password"] = MASK if d["mqtt"].get("password") else None
     return d

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..publish.messages import SCHEMA
+from ..redact import mask
 
 if TYPE_CHECKING:
     from ..runtime.pipeline import PipelineStats
@@ -52,7 +53,7 @@ def source_status(name: str, pstats: PipelineStats | None, fps: float | None, in
     return {"schema": SCHEMA, "state": s.status if s else "unknown", "fps": fps,
             "inference_ms": None if inference_ms is None else round(inference_ms, 2),
             "frames": s.processed if s else 0, "errors": s.errors if s else 0,
-            "reconnects": s.reconnects if s else 0, "error": s.error if s else None}
+            "reconnects": s.reconnects if s else 0, "error": mask(s.error) if s and s.error else None}
 
 
 def starting_status(name: str) -> dict:

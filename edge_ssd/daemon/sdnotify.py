@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
+
+from ..redact import mask
 
 
 class Notifier:
@@ -22,10 +25,10 @@ class Notifier:
 
     def notify(self, *fields: str, **kv) -> bool:
         """Send ``READY=1``-style lines; keyword arguments become ``KEY=value``. False when not under systemd."""
-        if self._sock is None:
+        if self._sock is None or self.address is None:
             return False
         lines = list(fields) + [f"{k.upper()}={v}" for k, v in kv.items()]
-        msg = "\n".join(line.replace("\n", " ") for line in lines).encode()
+        msg = "\n".join(mask(line.replace("\n", " ")) for line in lines).encode()  # STATUS= is world-readable
         try:
             self._sock.sendto(msg, self.address)
             return True
@@ -53,7 +56,7 @@ class Notifier:
             self._sock = None
 
 
-def watchdog_interval(env: dict | None = None) -> float | None:
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     """Seconds between watchdog deadlines (``WATCHDOG_USEC``), or None if the watchdog is off or for another
     process (``WATCHDOG_PID``)."""
     env = os.environ if env is None else env

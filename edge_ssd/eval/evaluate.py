@@ -122,7 +122,7 @@ def evaluate(
     results: list[Detections] = []
     t0 = time.perf_counter()
     infer = 0.0
-    for i in tqdm(range(n), desc="eval", unit="img", disable=not progress):
+    for i in tqdm(range(n), desc="eval", unit="img", disable=None if progress else True):
         img = dataset.load_image(i)
         t = time.perf_counter()
         results.append(predict_fn(img))

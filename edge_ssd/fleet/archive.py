@@ -161,6 +161,8 @@ def unpack_bundle(archive: str | Path, dest: str | Path) -> Path:
             dest.mkdir(parents=True)
             for m in members:
                 src = tar.extractfile(m)
+                if src is None:
+                    raise BundleError(f"archive entry {m.name!r} cannot be read")
                 with src, open(dest / m.name, "wb") as f:
                     while chunk := src.read(1 << 20):
                         f.write(chunk)

@@ -88,7 +88,12 @@ def _client(b: Broker, on_message=None):
     if b.username:
         c.username_pw_set(b.username, b.password)
     connected = threading.Event()
-    c.on_connect = lambda cl, u, f, rc, p: (not rc.is_failure) and connected.set()
+
+    def on_connect(cl, u, f, rc, p) -> None:
+        if not rc.is_failure:
+            connected.set()
+
+    c.on_connect = on_connect
     if on_message:
         c.on_message = on_message
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 FORMAT = "edge-ssd-bundle"
 VERSION = 2  # 2: the tail's orders and per-channel variances (Postprocess); version 1 loads with defaults
@@ -141,7 +141,7 @@ class Postprocess(_Strict):
 
 
 class Manifest(_Strict):
-    format: Literal["edge-ssd-bundle"] = FORMAT
+    format: Literal["edge-ssd-bundle"] = "edge-ssd-bundle"
     version: int = VERSION
     model_file: str = "model.tflite"
     model_sha256: str
@@ -162,6 +162,16 @@ class Manifest(_Strict):
 
 class BundleError(ValueError):
     pass
+
+
+def _problems(e: ValidationError) -> str:
+    """Every problem of a pydantic error in one line: "missing input, scores; input.shape: ..." """
+    missing = [".".join(map(str, err["loc"])) for err in e.errors() if err["type"] == "missing"]
+    other = [f"{'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}" for err in e.errors()
+             if err["type"] != "missing"]
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + other[:4]
+    more = f" (and {len(other) - 4} more)" if len(other) > 4 else ""
+    return "; ".join(parts) + more
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -217,9 +227,14 @@ def load_manifest(path: str | Path, verify: bool = True) -> tuple[Manifest, Path
                           f"supports ({VERSION}); upgrade edge-ssd on the device")
     try:
         m = Manifest.model_validate(data)
-    except Exception as e:  # pydantic.ValidationError
-        first = str(e).splitlines()
-        raise BundleError(f"{mpath}: invalid manifest: {' '.join(first[:3])}") from None
+    except ValidationError as e:
+        raise BundleError(f"{mpath}: invalid manifest: {_problems(e)}; re-run `edge-ssd convert` or fix the "
+                          "file") from None
+    n_classes = m.scores.shape[-1] if len(m.scores.shape) == 3 else None
+    if not m.labels or (n_classes and len(m.labels) != n_classes):
+        raise BundleError(f"{mpath}: labels has {len(m.labels)} entries but the model scores "
+                          f"{n_classes or 'some'} classes; write one label per class (background first) into "
+                          "the manifest's labels")
     model_path = mpath.parent / m.model_file
     if not model_path.is_file():
         raise BundleError(f"{mpath}: model file {m.model_file} is missing from the bundle; copy the whole "

@@ -89,10 +89,21 @@ def apply_lut(rgb: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -
     return out
 
 
+def decode_image(data: np.ndarray) -> np.ndarray | None:
+    """BGR uint8 from an encoded file's bytes, or None when it cannot be decoded. A JPEG without its end-of-image
+    marker (a truncated copy) counts as undecodable: libjpeg would return it grey-filled below the cut."""
+    if not data.size:
+        return None
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:].tobytes():
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
 def read_image(path) -> np.ndarray:
     """Read an image as BGR uint8, with a one-line error when it cannot be decoded."""
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    img = decode_image(data)
     if img is None:
-        raise ValueError(f"cannot decode image {path}: not a readable JPEG/PNG/BMP file (replace or remove it)")
+        what = "empty file" if not data.size else "truncated or corrupt, or not a JPEG/PNG/BMP file"
+        raise ValueError(f"cannot decode image {path} ({what}); replace or remove it")
     return img

@@ -96,7 +96,8 @@ def _total_from(resp, start: int) -> int | None:
     return None
 
 
-def _attempt(url: str, part: Path, expected_size: int | None, timeout: float, progress: bool, desc: str) -> None:
+# complexity: one branch per HTTP outcome: retry, resume, restart or fail
+def _attempt(url: str, part: Path, expected_size: int | None, timeout: float, progress: bool, desc: str) -> None:  # noqa: C901
     """One request: resume ``part`` from its current size. Raises _Retry for transient problems."""
     from tqdm import tqdm
 
@@ -240,6 +241,13 @@ class Fetched:
     width_mult: float
 
 
+def cached_paths(name: str, cache: str | os.PathLike | None = None, url: str | None = None) -> tuple[Path, Path]:
+    """Where ``fetch_model(name)`` puts the weights and the labels: ``<cache>/<name>/<file of the URL>`` and
+    ``<cache>/<name>/labels.txt``."""
+    folder = cache_dir(cache) / name
+    return folder / _name_from_url(url or MODELS[name].url, "weights.pth"), folder / "labels.txt"
+
+
 def fetch_model(
     name: str,
     cache: str | os.PathLike | None = None,
@@ -258,9 +266,8 @@ def fetch_model(
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     spec = MODELS[name]
-    folder = cache_dir(cache) / name
     w_url = url or spec.url
-    w_dest = folder / _name_from_url(w_url, "weights.pth")
+    w_dest, l_dest = cached_paths(name, cache, url)
     weights = download(
         w_url, w_dest,
         expected_size=spec.size if url is None else None,
@@ -268,7 +275,7 @@ def fetch_model(
         retries=retries, timeout=timeout, progress=progress,
     )  # fmt: skip
     l_url = labels_url or spec.labels_url
-    labels = download(l_url, folder / "labels.txt", retries=retries, timeout=timeout, progress=False)
+    labels = download(l_url, l_dest, retries=retries, timeout=timeout, progress=False)
     from .export import read_labels
 
     n = len(read_labels(labels))

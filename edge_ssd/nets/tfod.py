@@ -12,8 +12,8 @@ TF OD API's ``ssd_meta_arch.postprocess`` + ``FasterRcnnBoxCoder._decode`` come 
   scale factors 10, 10, 5, 5, ``Exp(tw) * wa``, ``ty * ha + ycenter_a``, corners, Unsqueeze + Concat on axis 0
   (``tf.stack``), Transpose, Reshape to (1, N, 4) (``raw_box_locations``: ymin, xmin, ymax, xmax); anchors are
   (ycenter, xcenter, h, w) constants;
-* scores: Sigmoid (``convert_scores``), then ``tf.slice(..., [0, 0, 1], [-1, -1, -1])`` dropping the background
-  column, or kept; or no background column at all;
+* scores: Div by the logit scale 1.0 (``scale_logits``), Sigmoid (``convert_scores``), then
+  ``tf.slice(..., [0, 0, 1], [-1, -1, -1])`` dropping the background column, or kept; or no background column;
 * optionally the boxes reordered to (xmin, ymin, xmax, ymax) by a final Gather or by Slices + Concat;
 * input NHWC float 0..255 with ``Preprocessor/mul`` + ``Preprocessor/sub`` ((x - 127.5) / 127.5) and a Transpose
   before the first convolution, or NCHW, normalised inside the graph or outside.
@@ -188,7 +188,9 @@ def export_tf_od_api_style(src_onnx: str | Path, out_path: str | Path, tail: TfT
     enc = g.op("Identity", [enc], "Postprocessor/raw_box_encodings")
     anchors = t.priors[:, [1, 0, 3, 2]]  # (cx, cy, w, h) -> (ycenter, xcenter, h, w)
     boxes = _reorder(g, _decode(g, enc, anchors, t.num_priors), tail.box_order)
-    scores = g.op("Sigmoid", [g.op("Concat", cls_parts, "concat_1", axis=1)], "Postprocessor/convert_scores")
+    logits = g.op("Div", [g.op("Concat", cls_parts, "concat_1", axis=1), g.const("Postprocessor/scale", np.float32(1))],
+                  "Postprocessor/scale_logits")  # TF's score converter divides by logit_scale (1.0) first
+    scores = g.op("Sigmoid", [logits], "Postprocessor/convert_scores")
     scores = g.op("Identity", [scores], "Postprocessor/raw_box_scores")
     if tail.background and tail.slice_background:
         scores = g.op("Slice", [scores, g.const("Postprocessor/begin", [1]), g.const("Postprocessor/end", [c_out]),

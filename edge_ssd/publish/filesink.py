@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 from .hub import Update
 from .messages import dumps
+from .private import open_private
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,12 @@ class FileSink:
         self._lock = threading.Lock()
         self.written = 0
         self.errors = 0
+        self._failing = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")
+            if self.path.is_dir():
+                raise IsADirectoryError(21, "is a directory, not a file", str(self.path))
+            self._f = open_private(self.path, "a")
         except OSError as e:
             raise UserError(f"file sink {self.path} cannot be opened ({e.strerror}); fix sinks.file.path") from None
         self._size = self._f.tell()
@@ -39,7 +43,7 @@ class FileSink:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open_private(self.path, "a")
         self._size = 0
 
     def handle(self, u: Update) -> None:
@@ -57,9 +61,14 @@ class FileSink:
                 self.written += 1
             except OSError as e:
                 self.errors += 1
-                if self.errors == 1:
-                    log.error("file sink %s: write failed (%s); detections are not written to the file",
-                              self.path, e.strerror)
+                if not self._failing:  # one line per episode, not per detection
+                    self._failing = True
+                    log.error("file sink %s: write failed (%s); detections are not written to the file until "
+                              "it works again", self.path, e.strerror)
+                return
+            if self._failing:
+                self._failing = False
+                log.warning("file sink %s: writing works again (%d detection(s) lost)", self.path, self.errors)
 
     def close(self) -> None:
         with self._lock:

@@ -114,7 +114,7 @@ class Hub:
         for o in self.outputs:  # one failing output (a full disk for the file sink) never starves the others
             try:
                 o.handle(u)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - one output failing must not stop the others
                 name = type(o).__name__
                 self.output_errors[name] += 1
                 n = self.output_errors[name]

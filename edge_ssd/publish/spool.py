@@ -27,7 +27,9 @@ A full disk (ENOSPC / SQLITE_FULL) logs ONE clear line (again only after it reco
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .private import open_private, private_dir, tighten
 
 log = logging.getLogger("edge_ssd.spool")
 
@@ -52,18 +55,27 @@ class Record:
     ts: float
 
 
+DISK_OK_AFTER_S = 30.0  # a disk-full episode ends after this long without a write error
+
+
 class Spool:
     _INSERT = "INSERT INTO spool (ts, topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?, ?)"
 
     def __init__(self, directory: str | Path, max_bytes: int = 256 << 20, max_age: float = 7 * 86400.0,
                  fsync: str = "normal", filename: str = "spool.sqlite3", reserve_bytes: int = 1 << 20):
         self.dir = Path(directory)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"spool directory {self.dir} cannot be created ({e.strerror}); set spool.dir to a "
-                            "writable directory (systemd: StateDirectory=edge-ssd)") from None
         self.path = self.dir / filename
+        try:
+            private_dir(self.dir)  # 0700, and the database 0600 (its -wal/-shm files take the db's mode)
+            open_private(self.path, "ab").close()
+            for suffix in ("-wal", "-shm", ".reserve"):
+                tighten(f"{self.path}{suffix}")
+        except OSError as e:
+            what = ("is not a directory" if self.dir.exists() and not self.dir.is_dir() else
+                    "is on a read-only file system" if e.errno == errno.EROFS else
+                    f"cannot be written ({e.strerror})")
+            raise UserError(f"spool directory {self.dir} {what}; set spool.dir to a writable directory (the "
+                            "systemd unit provides /var/lib/edge-ssd/spool)") from None
         self.max_bytes = int(max_bytes)
         self.max_age = float(max_age)
         self._lock = threading.RLock()
@@ -78,6 +90,9 @@ class Spool:
                 "size INTEGER NOT NULL)")
             row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
         except sqlite3.DatabaseError as e:
+            if not os.access(self.dir, os.W_OK) or "readonly" in str(e) or "read-only" in str(e):
+                raise UserError(f"spool directory {self.dir} is not writable ({e}); make it writable by the "
+                                "service user or set spool.dir") from None
             raise UserError(f"spool database {self.path} cannot be opened ({e}); move it away to start with an "
                             "empty spool") from None
         self._count, self._bytes = int(row[0]), int(row[1])
@@ -89,6 +104,7 @@ class Spool:
         self.acked = 0
         self._disk_full = False
         self._full_logged = False
+        self._ok_since: float | None = None  # disk-full episode: since when writes work again
         self._pending_delete: set[int] = set()  # acked, but the DELETE failed (disk full): retried later
         self._last_prune = 0.0
         self._last_retry = 0.0
@@ -129,10 +145,14 @@ class Spool:
             self._bytes += size
             self.appended += 1
             if self._full_logged:
-                self._full_logged = False
-                log.warning("spool: writing to %s works again (%d messages were dropped while the disk was full)",
-                            self.dir, self.dropped_disk)
-            return int(cur.lastrowid)
+                # the episode ends only after writes have worked for a while: a disk that is just at its
+                # limit flaps between full and free every few seconds, and that is one episode, one line each way
+                self._ok_since = ts if self._ok_since is None else self._ok_since
+                if ts - self._ok_since >= DISK_OK_AFTER_S:
+                    self._full_logged = False
+                    log.warning("spool: writing to %s works again (%d messages were dropped while the disk was "
+                                "full)", self.dir, self.dropped_disk)
+            return int(cur.lastrowid or 0)
 
     def _make_reserve(self) -> bool:
         """A ballast file: released when the disk fills so that acks (DELETEs) and WAL checkpoints can still be
@@ -142,7 +162,7 @@ class Spool:
         try:
             if self.reserve_path.exists() and self.reserve_path.stat().st_size >= self.reserve_bytes:
                 return True
-            with open(self.reserve_path, "wb") as f:
+            with open_private(self.reserve_path, "wb") as f:
                 chunk = b"\0" * 65536
                 left = self.reserve_bytes
                 while left > 0:
@@ -179,6 +199,7 @@ class Spool:
             log.error("spool: write to %s failed: %s", self.path, e)
             return
         self._disk_full = True
+        self._ok_since = None
         self._last_retry = time.time()
         self.reserve_path.unlink(missing_ok=True)
         if not self._full_logged:

@@ -46,8 +46,8 @@ _TFLITE_MODULES = {
     "tensorflow": "tensorflow.lite",
 }
 _INSTALL_HINT = (
-    "install a TFLite runtime: `pip install ai-edge-litert` (Linux aarch64/x86_64, Python 3.9+), or "
-    "`pip install tflite-runtime` on old Raspberry Pi OS images"
+    "install the TFLite runtime: `pip install ai-edge-litert` (64-bit Linux, aarch64 or x86_64); on a 32-bit "
+    "OS flash a 64-bit image"
 )
 EDGETPU_HINT = (
     "install the Edge TPU runtime (`sudo apt install libedgetpu1-std` from packages.cloud.google.com/apt "
@@ -77,7 +77,7 @@ def _tflite_module(name: str):
         m = importlib.import_module(mod)
     except ImportError:
         return None
-    except Exception as e:  # a broken install (e.g. numpy ABI mismatch) is "absent", with a note
+    except Exception as e:  # noqa: BLE001 - a broken install (e.g. numpy ABI mismatch) is 'absent', with a note
         log.debug("cannot import %s: %s", mod, e)
         return None
     if name == "tensorflow":  # tensorflow.lite exposes Interpreter and experimental.load_delegate
@@ -93,7 +93,7 @@ def _module_version(name: str) -> str:
 
         dist = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(top, top)
         return version(dist)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a version is informational
         return "?"
 
 
@@ -152,7 +152,7 @@ class TFLiteBackend(Backend):
             order = [runtime]
         else:
             raise UserError(f"unknown TFLite runtime {runtime!r}: use one of {', '.join(TFLITE_BACKENDS)}")
-        mod, used = None, None
+        mod, used = None, ""
         for r in order:
             mod = _tflite_module(r)
             if mod is not None:
@@ -160,7 +160,10 @@ class TFLiteBackend(Backend):
                 break
         if mod is None:
             which = "no TFLite runtime is installed" if runtime == "auto" else f"{runtime} is not installed"
-            raise DependencyError(f"{which}; {_INSTALL_HINT}")
+            hint = _INSTALL_HINT
+            if runtime == "tflite_runtime":
+                hint = "pip install tflite-runtime (Python <= 3.11 only), or use the faster --backend litert"
+            raise DependencyError(f"{which}; {hint}")
         self.runtime = used
         delegates = []
         if edgetpu:
@@ -182,7 +185,7 @@ class TFLiteBackend(Backend):
                 raise UserError(f"cannot load the Edge TPU delegate {lib} ({first}); {EDGETPU_HINT}") from None
         self.name = "edgetpu" if edgetpu else used
         self.threads = threads
-        kwargs = {"model_path": str(path)}
+        kwargs: dict[str, object] = {"model_path": str(path)}
         if delegates:
             kwargs["experimental_delegates"] = delegates
         if threads:

@@ -232,7 +232,8 @@ def bench_nms(n_priors: int = 3000, n_classes: int = 21, frames: int = 200, seed
 
 
 _RSS_CHILD = """
-import json, sys, psutil
+import json, sys
+from edge_ssd.daemon.health import rss_bytes
 from edge_ssd.runtime.bench import bench_frame, repeat_source
 from edge_ssd.runtime.detector import load_detector
 from edge_ssd.runtime.pipeline import Pipeline, SourceConfig
@@ -240,12 +241,13 @@ model, backend, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 det = load_detector(model, backend=backend)
 frame = bench_frame(sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None)
 st = Pipeline(det, [SourceConfig(repeat_source(frame, n))], [], process_all=True).run_until_done(600)
-print(json.dumps({"rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1), "processed": st.processed}))
+print(json.dumps({"rss_mb": round(rss_bytes() / 2**20, 1), "processed": st.processed}))
 """
 
 
 def bench_rss(model: str, backend: str = "auto", frames: int = 100, image: str | None = None) -> Memory:
-    """Resident memory (psutil RSS) of a fresh process that loads ``model`` and runs a pipeline."""
+    """Resident memory (RSS from /proc, as the daemon reports it; no psutil) of a fresh process that loads
+    ``model`` and runs a pipeline."""
     r = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(model), backend, str(frames), image or ""],
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
@@ -333,7 +335,8 @@ def _jobs(models: list[str], onnx: list[str], threads: Sequence[int | None], bac
 
 def run_bench(models: Sequence[str], onnx: Sequence[str] = (), labels: str | None = None, frames: int = 200,
               warmup: int = 10, threads: Sequence[int | None] = (None,), backends: Sequence[str] | None = None,
-              image: str | None = None, pipeline: bool = True, rss: bool = True) -> BenchResult:
+              image: str | None = None, pipeline: bool = True, rss: bool = True,
+              progress: bool = True) -> BenchResult:
     """Everything ``edge-ssd bench`` measures: one :class:`BenchRow` per model/backend/threads."""
     from tqdm import tqdm
 
@@ -344,7 +347,8 @@ def run_bench(models: Sequence[str], onnx: Sequence[str] = (), labels: str | Non
     frame = bench_frame(image)
     rows: list[BenchRow] = []
     skipped: list[Skipped] = []
-    for m, b, t in tqdm(_jobs(list(models), list(onnx), threads, backends, avail), desc="bench", unit="config"):
+    for m, b, t in tqdm(_jobs(list(models), list(onnx), threads, backends, avail), desc="bench", unit="config",
+                        disable=None if progress else True):
         try:
             det = load_detector(m, backend=b, threads=t, labels=labels)
         except UserError as e:

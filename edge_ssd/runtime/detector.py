@@ -4,8 +4,9 @@
 
 * a bundle directory (``manifest.json`` + ``model.tflite``, written by ``edge-ssd convert``): everything comes
   from the manifest (output names, normalisation, priors, score function, box encoding, thresholds, labels);
-* an ``.onnx`` model following the pytorch-ssd contract (input 1x3xHxW float, outputs ``scores``
-  probabilities and ``boxes`` corners);
+* an ``.onnx`` model: outputs read as the tail ``edge-ssd inspect`` proves for it when the converter extras are
+  installed (TF OD API graphs: sliced sigmoid scores, ymin-first boxes, the graph's own normalisation), else the
+  pytorch-ssd contract (input 1x3xHxW float, outputs ``scores`` probabilities and ``boxes`` corners);
 * a bare ``.tflite``: assumed to follow the pytorch-ssd contract, outputs identified by their shape (a warning
   says so).
 
@@ -39,6 +40,7 @@ from .onnx import identify_outputs
 log = logging.getLogger(__name__)
 
 DEFAULT_SCORE_THRESHOLD = 0.5
+OUTPUTS_META_KEY = "edge_ssd.outputs"  # edge-ssd's own exports: the pytorch-ssd contract, nothing to prove
 
 
 @dataclass
@@ -229,6 +231,13 @@ Detections = boxlib.Detections
 
 # -- loading --------------------------------------------------------------------------------------------
 
+def _triple(v) -> tuple[float, float, float]:
+    """A per-channel value (mean, std) of the manifest as the 3-tuple the preprocessing takes."""
+    vals = [float(x) for x in v]
+    a, b, c = vals * 3 if len(vals) == 1 else vals
+    return a, b, c
+
+
 def _identify_outputs(backend: Backend, path: Path, n_classes: int | None) -> tuple[str, str]:
     """Output names for (scores, boxes): by name, else by shape (see :func:`edge_ssd.runtime.onnx.identify_outputs`)."""
     return identify_outputs(_output_shapes(backend), path, n_classes)
@@ -326,7 +335,7 @@ def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Dete
         raise UserError(f"{p}: manifest input shape {ins.shape} differs from the model's "
                         f"{list(be.input.shape)}; re-run `edge-ssd convert`")
     inp = InputConfig(width=ins.width, height=ins.height, layout=ins.layout, color=ins.color,
-                      norm=Normalization(tuple(ins.mean), tuple(ins.std)))
+                      norm=Normalization(_triple(ins.mean), _triple(ins.std)))
     pp = m.postprocess
     post = PostprocessConfig.from_manifest(pp)
     lab = resolve_labels(p, m.scores.shape[-1], explicit=labels, manifest=m.labels,
@@ -339,13 +348,20 @@ def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Dete
 def _load_onnx(p: Path, backend: str, threads, labels, norm: Normalization | None = None,
                post: PostprocessConfig | None = None) -> Detector:
     be = open_backend(p, backend=backend, threads=threads)
+    proved = None
+    if post is None and OUTPUTS_META_KEY not in (getattr(be, "metadata", None) or {}):
+        proved = _proved_onnx_tail(p)  # a third-party graph: read its outputs as its proved tail lays them out
+    if proved is not None:
+        post, feed, scores_name, boxes_name = proved
+        norm = norm or feed
     inp = _input_config_from_tensor(be.input, p, norm)
     if any(d <= 0 for d in be.input.shape[1:]):
         raise UserError(f"{p}: input shape {list(be.input.shape)} is not fixed; export with a fixed size")
-    if inp.layout != "NCHW":
+    if inp.layout != "NCHW" and proved is None:
         log.warning("%s: input is NHWC; the pytorch-ssd contract is NCHW", p)
     be.input.shape = (1, *be.input.shape[1:])
-    scores_name, boxes_name = _identify_outputs(be, p, None)
+    if proved is None:
+        scores_name, boxes_name = _identify_outputs(be, p, None)
     n_classes = _output_shapes(be)[scores_name][-1]
     post = post or PostprocessConfig(score_fn="none", box_encoding="corners")
     if post.score_offset:
@@ -354,6 +370,30 @@ def _load_onnx(p: Path, backend: str, threads, labels, norm: Normalization | Non
                          background=post.background)
     return Detector(be, lab.names, inp, post, scores_name, boxes_name, name=p.stem, source_path=str(p),
                     labels_source=lab.source)
+
+
+def _proved_onnx_tail(p: Path):
+    """(postprocess, feed normalisation, scores output, boxes output) of an ONNX SSD from the tail
+    ``edge-ssd inspect`` proves (e.g. a TF OD API graph's sliced sigmoid scores, ymin-first boxes and its own
+    (x-127.5)/127.5), or None: the converter extras are not installed or the tail is not recognised (then the
+    pytorch-ssd contract is assumed, as before)."""
+    try:
+        from ..convert.cut import source_postprocess
+        from ..convert.inspect import load_and_inspect
+        from ..errors import DependencyError
+    except ImportError:
+        return None
+    try:
+        _, info = load_and_inspect(p)
+    except (UserError, DependencyError, ImportError):
+        return None
+    t = info.tail
+    if not t.recognised:
+        return None
+    log.info("%s: outputs read as the proved %s tail (scores %s, boxes %s)", p, t.family, t.score_fn,
+             t.coding.box_order)
+    feed = Normalization(tuple(info.normalization["mean"]), tuple(info.normalization["std"]))
+    return source_postprocess(info, t.background_class), feed, t.scores_output, t.boxes_output
 
 
 def _load_bare_tflite(p: Path, backend: str, threads, labels, edgetpu_device) -> Detector:

@@ -250,7 +250,7 @@ def write_split(out: Path, split: str, count: int, seed: int, cfg: SynthConfig |
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
-        for i in tqdm(range(count), desc=f"synth {split}", unit="img", disable=not progress, leave=False):
+        for i in tqdm(range(count), desc=f"synth {split}", unit="img", disable=None if progress else True, leave=False):
             rng = _rng(seed, split, i)
             s = render_image(rng, cfg)
             iid = _image_id(seed, split, i)

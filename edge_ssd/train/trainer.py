@@ -528,7 +528,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     run = _Run(cfg, net, labels, loader, sampler, val_loader, val_ds)
     labels_path = write_labels(run.ckpt_dir / "labels.txt", labels)
     run.resume()
-    bar = tqdm(total=run.total_steps(), desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=run.total_steps(), desc="train", unit="step", disable=None if progress else True,
+               dynamic_ncols=True)
     try:
         for epoch in range(run.start_epoch, cfg.num_epochs):
             rec, stop = run.train_epoch(epoch, bar)
