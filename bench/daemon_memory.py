@@ -3,9 +3,11 @@ under each memory lever, measured from /proc/<pid>/status after a warm-up:
 
     .venv/bin/python bench/daemon_memory.py --model BUNDLE [--seconds 20] [--out bench/results/daemon-memory.json]
 
-Levers (each row adds to the baseline): MALLOC_ARENA_MAX=2 (glibc: one malloc arena per thread otherwise),
+Levers (each row adds to the daemon's defaults; the first row turns off its release of start-up library
+pages, `EDGE_SSD_KEEP_LIBRARY_PAGES=1`): MALLOC_ARENA_MAX=2 (glibc: one malloc arena per thread otherwise),
 OPENBLAS_NUM_THREADS=1 (numpy's BLAS preallocates per-thread buffers), model.threads 1 vs the default, and the
-combination the systemd unit ships. Reports VmRSS with its anonymous / file-backed split and VmHWM (peak).
+combination the systemd unit ships. Reports VmRSS with its anonymous / file-backed split, VmHWM (peak) and
+the mappings that dominate RSS (/proc/<pid>/smaps) at the end of each run.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _broker import Broker, Collector, make_face_video, start_daemon, stop_daemon, write_config  # noqa: E402
 
 UNIT_ENV = {"MALLOC_ARENA_MAX": "2"}  # what systemd/edge-ssd.service sets
+KEEP_LIBS = {"EDGE_SSD_KEEP_LIBRARY_PAGES": "1"}  # the daemon's release of start-up library pages, off
 VARIANTS = [
-    ("baseline", {}, None),
+    ("baseline (library pages kept)", KEEP_LIBS, None),
+    ("release library pages at ready (default)", {}, None),
     ("MALLOC_ARENA_MAX=2", {"MALLOC_ARENA_MAX": "2"}, None),
     ("OPENBLAS_NUM_THREADS=1", {"OPENBLAS_NUM_THREADS": "1"}, None),
     ("OPENCV_FOR_THREADS_NUM=1", {"OPENCV_FOR_THREADS_NUM": "1"}, None),
     ("OPENCV_FFMPEG_CAPTURE_OPTIONS=threads;1", {"OPENCV_FFMPEG_CAPTURE_OPTIONS": "threads;1"}, None),
     ("unit environment", UNIT_ENV, None),
     ("unit environment, model.threads 1", UNIT_ENV, 1),
+    ("unit environment, library pages kept", {**UNIT_ENV, **KEEP_LIBS}, None),
 ]
 
 
@@ -41,6 +46,23 @@ def _status(pid: int) -> dict[str, float]:
             n = float(v.split()[0])
             out[k] = n if k == "Threads" else round(n / 1024, 1)
     return out
+
+
+def mappings(pid: int, top: int = 12) -> list[dict]:
+    """The mappings that dominate RSS (from /proc/<pid>/smaps): Rss and its anonymous part per file, MB."""
+    rss: dict[str, list[float]] = {}
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if "-" in head[0] and ":" not in head[0] and len(head) >= 5:
+            name = head[5] if len(head) == 6 else "[anonymous]"
+            if "site-packages/" in name:
+                name = name.split("site-packages/", 1)[1]
+        elif head[0] in ("Rss:", "Anonymous:"):
+            row = rss.setdefault(name, [0.0, 0.0])
+            row[head[0] == "Anonymous:"] += int(head[1]) / 1024
+    rows = sorted(rss.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"mapping": k, "rss_mb": round(v[0], 1), "anon_mb": round(v[1], 1)} for k, v in rows]
 
 
 def measure(model: str, video: Path, port: int, tmp: Path, env: dict, threads: int | None, seconds: float,
@@ -57,12 +79,15 @@ def measure(model: str, video: Path, port: int, tmp: Path, env: dict, threads: i
     })
     p = start_daemon(cfg, env=env)
     samples = []
+    maps: list[dict] = []
     try:
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds and p.poll() is None:
             time.sleep(1.0)
             if time.monotonic() - t0 > seconds / 2:
                 samples.append(_status(p.pid))
+        if p.poll() is None:
+            maps = mappings(p.pid)
     finally:
         stop_daemon(p)
         col.stop()
@@ -71,7 +96,7 @@ def measure(model: str, video: Path, port: int, tmp: Path, env: dict, threads: i
     return {"variant": name, "env": env, "threads": threads or "default", "rss_mb": last.get("VmRSS"),
             "rss_anon_mb": last.get("RssAnon"), "rss_file_mb": last.get("RssFile"), "hwm_mb": last.get("VmHWM"),
             "threads_os": last.get("Threads"), "rss_max_mb": max((s["VmRSS"] for s in samples), default=None),
-            "detections_received": received}
+            "detections_received": received, "mappings": maps}
 
 
 def main() -> int:

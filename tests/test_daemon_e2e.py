@@ -88,10 +88,12 @@ def test_detections_arrive_exactly_as_produced_with_notify(tmp_path, video):
     # retained state: availability online then offline, counts, HA discovery, stats, status
     assert col.on("/available")[0] == b"online"
     counts = [int(x) for x in col.on("/cam1/face/count")]
-    # counts are the confirmed tracks: at the end, the ones the stop ended (their end came after the last frame)
+    # counts are the confirmed tracks in view: at the end, at most the ones the stop ended (their end came after
+    # the last frame) and at most what the last two frames showed (a missed object is held for one frame)
     events = col.json("edge-ssd/testdev/events")
     alive = [e for e in events if e["type"] == "end" and e["ts"] > produced[-1]["ts"]]
-    assert counts and counts[-1] == len(alive) > 0
+    assert counts and 0 < counts[-1] <= len(alive)
+    assert counts[-1] <= len(produced[-1]["objects"]) + len(produced[-2]["objects"])
     assert all(a != b for a, b in zip(counts, counts[1:], strict=False))  # published on change only
     disc = [json.loads(x) for x in col.on("homeassistant/device/edge_ssd_testdev/config")]
     uids = {c["unique_id"] for c in disc[-1]["cmps"].values()}

@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..model.bundle import fingerprint
 from ..publish.messages import json_bytes
 from ..publish.topics import Topics
-from ..runtime.memory import trim_heap
+from ..runtime.memory import release_library_pages, trim_heap
 from .config import Config, ConfigError, LoadedConfig, load_config, source_rules, tracker_settings
 from .health import Watchdog, source_status, starting_status, stats_message
 from .sdnotify import Notifier, watchdog_interval
@@ -404,6 +404,7 @@ class Daemon:
                 why = "" if p.processed else f" (no frame within {READY_TIMEOUT:.0f} s)"
                 log.info("ready: model loaded, %d frame(s) processed%s", p.processed, why)
                 trim_heap()  # hand start-up memory (model loading, imports) back to the kernel
+                release_library_pages()  # and the library pages only start-up touched
                 self.notifier.ready(f"running{why}: {self._status_line()}")
             if self.hub is not None:
                 self.hub.tick()
