@@ -211,8 +211,13 @@ class HomeAssistantConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    """The object tracker behind events, counts and occupancy (IoU association per source and label)."""
+    """The object tracker behind events, counts and occupancy (IoU + centre-distance association per source and
+    label; counts are the confirmed tracks in view)."""
     iou: float = Field(default=0.3, gt=0.0, lt=1.0, description="minimum IoU to continue a track")
+    centre_gate: float = Field(default=2.5, ge=0.0, le=10.0, description="else continue a track whose centre is "
+                               "within this many box sizes (small, jittery boxes); 0: IoU only")
+    hold_frames: int = Field(default=1, ge=0, description="a missed object keeps counting for this many frames "
+                             "(unless another detection is where it was)")
     confirm_frames: int = Field(default=2, ge=1, description="frames seen before a track counts (and 'new')")
     end_frames: int = Field(default=10, ge=1, description="frames unseen after which a track ends")
     end_seconds: float = Field(default=2.0, gt=0, description="seconds unseen after which a track ends")
@@ -531,7 +536,8 @@ def source_rules(cfg: Config) -> dict[str, SourceRules]:
 
 def tracker_settings(cfg: Config) -> TrackerSettings:
     t = cfg.tracking
-    return TrackerSettings(t.iou, t.confirm_frames, t.end_frames, t.end_seconds, t.update_interval)
+    return TrackerSettings(t.iou, t.centre_gate, t.hold_frames, t.confirm_frames, t.end_frames, t.end_seconds,
+                           t.update_interval)
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
