@@ -24,6 +24,7 @@ typecheck: setup
 
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -n $(WORKERS) -m "not integration"
 
 test-fast: setup

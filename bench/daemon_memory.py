@@ -17,9 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _broker import Broker, Collector, make_face_video, start_daemon, stop_daemon, write_config  # noqa: E402
+from _daemon import start_daemon, stop_daemon  # noqa: E402 (bench/, beside this script)
+
+from edge_ssd.publish.local_broker import LocalBroker, WatchSubscriber  # noqa: E402
+from edge_ssd.train.synth import make_video  # noqa: E402
 
 UNIT_ENV = {"MALLOC_ARENA_MAX": "2"}  # what systemd/edge-ssd.service sets
 VARIANTS = [
@@ -45,17 +48,17 @@ def _status(pid: int) -> dict[str, float]:
 
 def measure(model: str, video: Path, port: int, tmp: Path, env: dict, threads: int | None, seconds: float,
             name: str) -> dict:
-    col = Collector(port, [f"edge-ssd/{name}/#"]).start()
+    col = WatchSubscriber("127.0.0.1", port, device=name).start()
+    time.sleep(2.0)  # let it subscribe
     model_cfg = {"bundle": model}
     if threads:
         model_cfg["threads"] = threads
-    cfg = write_config(tmp / f"{name}.yaml", {
+    p = start_daemon(tmp / f"{name}.yaml", {
         "device": name, "model": model_cfg,
         "sources": [{"name": "cam", "url": str(video), "loop": True, "score_threshold": 0.5}],
         "mqtt": {"host": "127.0.0.1", "port": port, "detections": "all"},
         "spool": {"dir": str(tmp / name / "spool")}, "stats_interval": 5,
-    })
-    p = start_daemon(cfg, env=env)
+    }, env=env)
     samples = []
     try:
         t0 = time.monotonic()
@@ -83,9 +86,10 @@ def main() -> int:
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="edge-ssd-mem-"))
-    video = make_face_video(tmp / "faces.avi", frames=50, size=(w, h))
+    video = tmp / "shapes.avi"
+    make_video(video, n_frames=50, size=(w, h), seed=5)
     rows = []
-    with Broker(tmp / "broker", persistence=False) as b:
+    with LocalBroker(tmp / "broker") as b:
         for i, (label, env, threads) in enumerate(VARIANTS):
             r = measure(args.model, video, b.port, tmp, env, threads, args.seconds, f"mem{i}")
             r["lever"] = label

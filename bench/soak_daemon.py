@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,19 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def start_daemon(path: Path, cfg: dict) -> subprocess.Popen:
-    import yaml
-
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return subprocess.Popen([sys.executable, "-m", "edge_ssd", "run", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=open(path.with_suffix(".stderr"), "w"))
-
-
-def stop_daemon(p: subprocess.Popen, timeout: float = 30.0) -> int:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-    return p.wait(timeout)
+from _daemon import start_daemon, stop_daemon  # noqa: E402 (bench/, beside this script)
 
 
 def main() -> int:

@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(verbose=args.verbose)
+    if not args.verbose:  # OpenCV's and FFmpeg's own console chatter (our messages say what failed); -v keeps it
+        import os
+
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

@@ -194,7 +194,7 @@ def measure_invoke(model_path: str | Path, threads: int | None = None, runs: int
             t0 = time.perf_counter()
             b.run(x)
             times.append((time.perf_counter() - t0) * 1000.0)
-    except Exception as e:  # an interpreter error at invoke time
+    except Exception as e:  # noqa: BLE001 - an interpreter error at invoke time, of any type, is the finding
         return Check("invoke", FAIL, f"{b.describe()}: invoke failed: {str(e).splitlines()[0] if str(e) else e!r}",
                      "re-run `edge-ssd convert` for this device")
     med = statistics.median(times)
@@ -210,7 +210,7 @@ def check_camera(root: str | Path = "/", user: str = SERVICE_USER) -> list[Check
         try:
             importlib.import_module("picamera2")
             out.append(Check("picamera2", OK, "picamera2 importable (CSI camera via libcamera)"))
-        except Exception as e:  # e.g. numpy ABI mismatch between apt's simplejpeg and a venv numpy 2
+        except Exception as e:  # noqa: BLE001 - any import failure (e.g. a numpy ABI mismatch) is the finding
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             out.append(Check("picamera2", FAIL if pi else WARN, f"picamera2 is installed but fails to import: {msg}",
                              "keep the venv's numpy at the system version (pip install 'numpy<2' when Raspberry Pi "
@@ -381,7 +381,8 @@ def check_edgetpu(root: str | Path = "/", required: bool = False, lib: str | Non
     return out
 
 
-def check_broker(host: str, port: int = 1883, username: str | None = None, password: str | None = None,
+# complexity: one branch per connection failure, each its own message
+def check_broker(host: str, port: int = 1883, username: str | None = None, password: str | None = None,  # noqa: C901
                  tls: Any = None, timeout: float = 5.0, client_id: str | None = None,
                  keepalive: int = 30) -> Check:
     """Connect with paho and report the CONNACK: OK, bad credentials / not authorised, or unreachable."""
@@ -439,7 +440,7 @@ def check_broker(host: str, port: int = 1883, username: str | None = None, passw
     finally:
         try:
             client.disconnect()
-        except Exception:  # already closed by the broker
+        except Exception:  # noqa: BLE001 - already closed by the broker
             pass
     ms = (time.monotonic() - t0) * 1000.0
     rc = result.get("rc")

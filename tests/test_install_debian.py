@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import _debroot
@@ -39,10 +40,19 @@ CONSTRAINED = {"bookworm": CONSTRAINTS, "trixie": None}  # bookworm's system num
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _needs_debootstrap():
+def _cached_roots_and_wheels():
+    """Skip where roots cannot be built; else fill both caches at once (debootstrap and pip download are mostly
+    network and disk: with a cold cache the four jobs take about as long as the slowest instead of their sum)."""
     why = _debroot.unavailable()
     if why:
         pytest.skip(why)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as ex:
+        jobs = [ex.submit(_debroot.image, s, BASE_PACKAGES[s]) for s in BASE_PACKAGES]
+        jobs += [ex.submit(wheelhouse, PYTHON_VERSION[s], CONSTRAINED[s]) for s in BASE_PACKAGES]
+        for j in jobs:
+            j.result()
 
 
 def _platform_tags() -> list[str]:
@@ -106,21 +116,47 @@ def _stat(root: Path, path: str) -> tuple[str, str, str]:
     return mode, user, group
 
 
+@dataclass
+class Installed:
+    """A root after the first real ``install.sh`` run: what the checks need."""
+
+    root: Path
+    binds: dict
+    install: list[str]
+    first: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, project_wheel, bundle):
+    """The first install in both roots at once (apt and pip wait on the network and the disk much of the time:
+    together they take well under the sum); each test then checks its own root."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = tmp_path_factory.mktemp("debian")
+
+    def first_install(suite: str) -> Installed:
+        d = base / suite
+        binds = {REPO: "/src", wheelhouse(PYTHON_VERSION[suite], CONSTRAINED[suite]): "/wheelhouse",
+                 project_wheel.parent: "/project", bundle: "/bundle", FACES: "/faces"}
+        root = _debroot.fresh_root(suite, d / "root", BASE_PACKAGES[suite])
+        install = ["bash", "/src/deploy/install.sh", "--source", f"/project/{project_wheel.name}",
+                   "--pip-arg", "--no-index", "--pip-arg", "--find-links=/wheelhouse"]
+        return Installed(root, binds, install, _debroot.chroot_run(root, install, binds=binds, timeout=900))
+
+    with ThreadPoolExecutor(len(BASE_PACKAGES)) as ex:
+        jobs = {s: ex.submit(first_install, s) for s in BASE_PACKAGES}
+        yield jobs
+
+
 @pytest.mark.parametrize("suite", ["bookworm", "trixie"])
-def test_install_sh_on_a_real_debian_root(suite, tmp_path, project_wheel, bundle):
+def test_install_sh_on_a_real_debian_root(suite, installed):
     pyver = PYTHON_VERSION[suite]
-    wh = tmp_path / "wheelhouse"
-    shutil.copytree(wheelhouse(pyver, CONSTRAINED[suite]), wh)
-    shutil.copy(project_wheel, wh)
-    root = _debroot.fresh_root(suite, tmp_path / "root", BASE_PACKAGES[suite])
-    binds = {REPO: "/src", wh: "/wheelhouse", bundle: "/bundle", FACES: "/faces"}
-    install = ["bash", "/src/deploy/install.sh", "--source", f"/wheelhouse/{project_wheel.name}",
-               "--pip-arg", "--no-index", "--pip-arg", "--find-links=/wheelhouse"]
+    it = installed[suite].result()
+    root, binds, install, first = it.root, it.binds, it.install, it.first
 
     def sh(cmd: str, check: bool = True):
         return _debroot.chroot_run(root, ["bash", "-c", cmd], binds=binds, check=check, timeout=900)
 
-    first = _debroot.chroot_run(root, install, binds=binds, timeout=900)
     out = first.stdout + first.stderr
     assert "[change]  apt-get update" in out and "apt-get install" in out
     assert "not starting edge-ssd.service" in out and "untouched template" in out

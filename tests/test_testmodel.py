@@ -99,22 +99,22 @@ def test_a_tampered_checkpoint_is_refused(tmp_path):
 
 
 def test_training_end_to_end_on_small_settings(tmp_path):
-    """build() generates, trains, exports and measures; its record ships into an assets folder that
-    get_test_model() then exports from; compare() tells a 1-epoch model from the shipped one."""
-    root = tmp_path / "trained"
-    root.mkdir()
-    info = testmodel.build(root, SMALL, key="small", progress=False)
-    assert info["metrics"]["num_images"] == 8 and info["code_hash"] == testmodel.training_code_hash(SMALL)
-    new = testmodel.record_of(root)
-    assets = testmodel.write_assets(root, new, tmp_path / "assets")
+    """rebuild() (what `edge-ssd testmodel --rebuild --write` runs) generates, trains, exports and measures, compares
+    with the record and ships the new checkpoint; get_test_model() then exports from it. A 1-epoch model is not
+    the shipped one, and compare() says so."""
+    assets = tmp_path / "assets"
+    shutil.copytree(ASSETS, assets)
+    new, cmp = testmodel.rebuild(cache_dir=tmp_path / "cache", progress=False, settings=SMALL, write=True,
+                                 assets=assets)
+    assert new.metrics["num_images"] == 8 and new.code_hash == testmodel.training_code_hash(SMALL)
+    assert cmp is not None and not cmp.ok and not cmp.same_settings and not cmp.same_weights
+    assert any("map_voc07" in line for line in cmp.lines())
+    assert Record.load(assets) == new  # --write replaced the record and the checkpoint
     tm = get_test_model(cache_dir=tmp_path / "cache", assets=assets, progress=False)
     assert tm.onnx_path.is_file() and tm.metrics == new.metrics and tm.settings == SMALL
     assert testmodel.measure(tm.onnx_path, tm.dataset_dir, tm.labels, SMALL, progress=False)["map_voc07"] == \
         pytest.approx(new.metrics["map_voc07"], abs=1e-6)
     assert compare_ok(new, new)
-    cmp = testmodel.compare(Record.load(), new)
-    assert not cmp.ok and not cmp.same_settings and not cmp.same_weights
-    assert any("map_voc07" in line for line in cmp.lines())
 
 
 def compare_ok(a, b) -> bool:

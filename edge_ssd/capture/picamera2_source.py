@@ -58,10 +58,10 @@ class Picamera2Source(Source):
                                                     buffer_count=2, controls=controls)
             cam.configure(config)
             cam.start()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - libcamera raises its own types: reported as a capture failure
             try:
                 cam.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
             raise SourceError(f"Pi camera {self.camera} cannot start: {e}") from None
         self._cam = cam

@@ -51,6 +51,70 @@ def render(state: dict, width: int = 100) -> str:
     return "\n".join(line[:width] for line in lines)
 
 
+def _payload(raw: bytes):
+    """A message payload for ``--json``: JSON as is, plain text ("online") as a string, binary (snapshots) as its
+    size."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"bytes": len(raw)}
+
+
+class _Watch:
+    """The subscriber's state, updated from paho's network thread."""
+
+    def __init__(self, args, sub: str):
+        self.args = args
+        self.sub = sub
+        self.state: dict[str, dict] = {}
+        self.count = 0
+        self.done = threading.Event()
+        self.err: list[str] = []
+        self.lock = threading.Lock()
+        self.tty = sys.stdout.isatty() and not args.json
+
+    def on_connect(self, c, u, flags, rc, props) -> None:
+        if rc.is_failure:
+            self.err.append(f"broker {self.args.host}:{self.args.port} refused the connection: {rc}; check "
+                            "--username and --password-file")
+            self.done.set()
+            return
+        c.subscribe(self.sub, qos=1)
+
+    def on_message(self, c, u, msg) -> None:
+        is_det = msg.topic.endswith("/detections")
+        if self.args.json and (is_det or not self.args.once):
+            print(json.dumps({"topic": msg.topic, "retain": bool(msg.retain), "payload": _payload(msg.payload)}),
+                  flush=True)
+        if not is_det:
+            return
+        try:
+            m = json.loads(msg.payload)
+        except ValueError:
+            return
+        self._detection(msg.topic, m)
+
+    def _detection(self, topic: str, m: dict) -> None:
+        parts = topic.split("/")
+        key = f"{parts[-3]}/{parts[-2]}" if len(parts) >= 3 else topic
+        now = time.monotonic()
+        with self.lock:
+            s = self.state.setdefault(key, {"fps": 0.0, "t": now, "msg": m})
+            dt = now - s["t"]
+            if dt > 0:
+                s["fps"] = 0.8 * s["fps"] + 0.2 / dt if s["fps"] else 1.0 / dt
+            s["t"], s["msg"] = now, m
+            self.count += 1
+            if not self.args.json:
+                table = render(self.state)
+                print(("\x1b[H\x1b[2J" if self.tty else "") + table + ("" if self.tty else "\n"), flush=True)
+            if self.args.once and self.count >= self.args.once:
+                self.done.set()
+
+
 def read_password(args) -> str | None:
     """--password-file (first line), else $EDGE_SSD_MQTT_PASSWORD, else the deprecated --password (warned)."""
     import logging
@@ -90,77 +154,29 @@ def run(args) -> int:
     sub = f"{args.prefix}/{args.device}/#"
     if args.share:
         sub = f"$share/{args.share}/{args.prefix}/{args.device}/+/detections"
-    state: dict[str, dict] = {}
-    count = 0
-    done = threading.Event()
-    err: list[str] = []
-    lock = threading.Lock()
-    tty = sys.stdout.isatty() and not args.json
-
-    def on_connect(c, u, flags, rc, props):
-        if rc.is_failure:
-            err.append(f"broker {args.host}:{args.port} refused the connection: {rc}; check --username and "
-                       "--password-file")
-            done.set()
-            return
-        c.subscribe(sub, qos=1)
-
-    def on_message(c, u, msg):
-        nonlocal count
-        parts = msg.topic.split("/")
-        is_det = msg.topic.endswith("/detections")
-        if args.json:
-            try:
-                payload = json.loads(msg.payload)
-            except ValueError:  # plain text ("online") as a string, binary (snapshots) as its size
-                try:
-                    payload = msg.payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    payload = {"bytes": len(msg.payload)}
-            if is_det or not args.once:
-                print(json.dumps({"topic": msg.topic, "retain": bool(msg.retain), "payload": payload}), flush=True)
-        if not is_det:
-            return
-        try:
-            m = json.loads(msg.payload)
-        except ValueError:
-            return
-        key = f"{parts[-3]}/{parts[-2]}" if len(parts) >= 3 else msg.topic
-        now = time.monotonic()
-        with lock:
-            s = state.setdefault(key, {"fps": 0.0, "t": now, "msg": m})
-            dt = now - s["t"]
-            if dt > 0:
-                s["fps"] = 0.8 * s["fps"] + 0.2 / dt if s["fps"] else 1.0 / dt
-            s["t"], s["msg"] = now, m
-            count += 1
-            if not args.json:
-                table = render(state)
-                print(("\x1b[H\x1b[2J" if tty else "") + table + ("" if tty else "\n"), flush=True)
-            if args.once and count >= args.once:
-                done.set()
-
+    w = _Watch(args, sub)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-ssd-watch-{os.getpid()}",
                     protocol=mqtt.MQTTv5 if args.share else mqtt.MQTTv311)
-    user = args.username
     pw = read_password(args)
-    if pw is not None and not user:
+    if pw is not None and not args.username:
         raise UserError("a password was given but no --username; pass --username NAME")
-    if user:
-        c.username_pw_set(user, pw)
-    c.on_connect = on_connect
-    c.on_message = on_message
+    if args.username:
+        c.username_pw_set(args.username, pw)
+    c.on_connect = w.on_connect
+    c.on_message = w.on_message
     try:
         c.connect(args.host, args.port, keepalive=30)
     except OSError as e:
         raise UserError(f"cannot connect to {args.host}:{args.port}: {e}; is the broker up?") from None
+    except ValueError as e:  # paho: an empty or malformed host name
+        raise UserError(f"--host {args.host!r}: {e} (give the broker's name or address)") from None
     c.loop_start()
     try:
-        ok = done.wait(args.timeout)
+        ok = w.done.wait(args.timeout)
     except KeyboardInterrupt:
         ok = True
     c.disconnect()
     c.loop_stop()
-    if err:
-        raise UserError(err[0])
+    if w.err:
+        raise UserError(w.err[0])
     return 0 if ok else 1

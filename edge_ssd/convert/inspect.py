@@ -674,7 +674,7 @@ def _family(t: TailInfo) -> str:
     c = t.coding
     if c.offset_order == "cx,cy,w,h" and c.box_order == "x1,y1,x2,y2" and t.score_fn == "softmax":
         return "pytorch-ssd"
-    if c.offset_order == "cy,cx,h,w" and t.score_fn == "sigmoid":
+    if c.offset_order == "cy,cx,h,w":  # FasterRcnnBoxCoder order (sigmoid or softmax score converter)
         return "tf-od-api"
     return "ssd"
 

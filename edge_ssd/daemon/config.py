@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -210,8 +211,13 @@ class HomeAssistantConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    """The object tracker behind events, counts and occupancy (IoU association per source and label)."""
+    """The object tracker behind events, counts and occupancy (IoU + centre-distance association per source and
+    label; counts are the confirmed tracks in view)."""
     iou: float = Field(default=0.3, gt=0.0, lt=1.0, description="minimum IoU to continue a track")
+    centre_gate: float = Field(default=2.5, ge=0.0, le=10.0, description="else continue a track whose centre is "
+                               "within this many box sizes (small, jittery boxes); 0: IoU only")
+    hold_frames: int = Field(default=1, ge=0, description="a missed object keeps counting for this many frames "
+                             "(unless another detection is where it was)")
     confirm_frames: int = Field(default=2, ge=1, description="frames seen before a track counts (and 'new')")
     end_frames: int = Field(default=10, ge=1, description="frames unseen after which a track ends")
     end_seconds: float = Field(default=2.0, gt=0, description="seconds unseen after which a track ends")
@@ -400,7 +406,7 @@ def _fmt_loc(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def _problem_text(err: dict) -> str:
+def _problem_text(err: Mapping[str, Any]) -> str:
     t = err["type"]
     if t == "extra_forbidden":
         return "unknown key (remove it or check the spelling; see deploy/config.example.yaml)"
@@ -416,7 +422,8 @@ def _problem_text(err: dict) -> str:
     return msg
 
 
-def parse_config(text: str, path: str | Path = "<config>", env: dict[str, str] | None = None) -> LoadedConfig:
+# complexity: one branch per config problem, each its own file:line message
+def parse_config(text: str, path: str | Path = "<config>", env: Mapping[str, str] | None = None) -> LoadedConfig:  # noqa: C901
     """Validate config ``text``; raises ``ConfigError`` with ``file:line: key: problem`` lines."""
     path = Path(path)
     env = os.environ if env is None else env
@@ -493,7 +500,7 @@ def _check_rollout(cfg: Config, lines: dict[tuple, int], fname: str) -> None:
                            "made by `edge-ssd keygen` there)"])
 
 
-def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedConfig:
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -521,7 +528,7 @@ def source_rules(cfg: Config) -> dict[str, SourceRules]:
     out = {}
     for s in cfg.sources:
         rules = {lab: LabelRule(f.min_score, f.min_area) for lab, f in s.filters.items()}
-        zones = tuple(Zone(z.name, tuple(tuple(p) for p in z.polygon),
+        zones = tuple(Zone(z.name, tuple((float(p[0]), float(p[1])) for p in z.polygon),
                            None if z.labels is None else frozenset(z.labels)) for z in s.zones)
         out[s.name] = SourceRules(rules, zones)
     return out
@@ -529,7 +536,8 @@ def source_rules(cfg: Config) -> dict[str, SourceRules]:
 
 def tracker_settings(cfg: Config) -> TrackerSettings:
     t = cfg.tracking
-    return TrackerSettings(t.iou, t.confirm_frames, t.end_frames, t.end_seconds, t.update_interval)
+    return TrackerSettings(t.iou, t.centre_gate, t.hold_frames, t.confirm_frames, t.end_frames, t.end_seconds,
+                           t.update_interval)
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:

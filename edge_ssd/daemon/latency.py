@@ -14,22 +14,20 @@ import numpy as np
 from ..runtime.stats import Summary
 
 
-class _Camera:
+def _camera(frame: np.ndarray, fps: float, name: str = "cam"):
     """A live source that delivers ``frame`` at ``fps`` like a camera (latest-frame mode, capture thread)."""
+    from ..capture.base import Source
 
-    def __new__(cls, frame: np.ndarray, fps: float, name: str = "cam"):
-        from ..capture.base import Source
+    class _Live(Source):
+        kind = "memory"
 
-        class _Live(Source):
-            kind = "memory"
+        def _connect(self) -> None:
+            pass
 
-            def _connect(self) -> None:
-                pass
+        def _grab(self) -> np.ndarray:
+            return frame
 
-            def _grab(self) -> np.ndarray:
-                return frame
-
-        return _Live(name, latest=True, reconnect=False, fps=fps)
+    return _Live(name, latest=True, reconnect=False, fps=fps)
 
 
 class _SpoolOutput:
@@ -82,7 +80,7 @@ def bench_e2e(det, frame: np.ndarray, fps: float = 30.0, seconds: float = 10.0) 
     with tempfile.TemporaryDirectory(prefix="edge-ssd-bench-") as tmp:
         spool = Spool(tmp, reserve_bytes=0)
         hub = Hub("bench", MessageIds(None), [_SpoolOutput(spool, "edge-ssd/bench/cam/detections")])
-        p = Pipeline(det, [SourceConfig(_Camera(frame, fps))], [hub])
+        p = Pipeline(det, [SourceConfig(_camera(frame, fps))], [hub])
         p.start()
         time.sleep(1.0)  # warm-up: the percentiles below are over the last 1000 frames, mostly after it
         n0 = p.processed
@@ -92,7 +90,8 @@ def bench_e2e(det, frame: np.ndarray, fps: float = 30.0, seconds: float = 10.0) 
         p.stop()
         spool.close()
     parts = (st.preprocess_ms.p50, st.inference_ms.p50, st.postprocess_ms.p50)
-    proc = round(sum(parts), 2) if all(v is not None for v in parts) else 0.0
+    known = [v for v in parts if v is not None]
+    proc = round(sum(known), 2) if len(known) == len(parts) else 0.0
     return E2ELatency(camera_fps=fps, processed_fps=round((st.processed - n0) / seconds, 1), e2e_ms=e2e,
                       pipeline_latency_ms=st.latency_ms, processing_ms_p50=proc, dropped=st.dropped)
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger("edge_ssd.metrics")
 
@@ -91,7 +94,7 @@ class Metrics:
         self.e2e = Histogram("edge_ssd_e2e_latency_seconds", "capture to publish, per frame", ["source"],
                              buckets=BUCKETS, registry=self.registry)
         self.registry.register(_StatsCollector(stats))
-        self._server = None
+        self._server: WSGIServer | None = None
 
     def start(self) -> Metrics:
         from prometheus_client import start_http_server

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 from ..redact import mask
 
@@ -24,7 +25,7 @@ class Notifier:
 
     def notify(self, *fields: str, **kv) -> bool:
         """Send ``READY=1``-style lines; keyword arguments become ``KEY=value``. False when not under systemd."""
-        if self._sock is None:
+        if self._sock is None or self.address is None:
             return False
         lines = list(fields) + [f"{k.upper()}={v}" for k, v in kv.items()]
         msg = "\n".join(mask(line.replace("\n", " ")) for line in lines).encode()  # STATUS= is world-readable
@@ -55,7 +56,7 @@ class Notifier:
             self._sock = None
 
 
-def watchdog_interval(env: dict | None = None) -> float | None:
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     """Seconds between watchdog deadlines (``WATCHDOG_USEC``), or None if the watchdog is off or for another
     process (``WATCHDOG_PID``)."""
     env = os.environ if env is None else env

@@ -38,6 +38,11 @@ from .sdnotify import Notifier, watchdog_interval
 
 if TYPE_CHECKING:
     from ..fleet.device import Candidate, Rollout
+    from ..publish.hub import Hub
+    from ..publish.mqtt import MqttPublisher, MqttSink
+    from ..publish.spool import Spool
+    from ..runtime import Detector, Pipeline
+    from .metrics import Metrics
 
 log = logging.getLogger("edge_ssd.daemon")
 
@@ -51,7 +56,7 @@ class _Probation:
     """A new bundle on trial: kept after ``check_frames`` good frames, else ``previous`` comes back."""
 
     candidate: Candidate
-    previous: object  # the Detector to go back to
+    previous: Detector | None  # the Detector to go back to
     deadline: float
 
 
@@ -74,18 +79,30 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self.loaded: LoadedConfig | None = None
-        self.detector = None
-        self.pipeline = None
-        self.spool = None
-        self.publisher = None
-        self.mqtt_sink = None
-        self.hub = None
-        self.metrics = None  # the Prometheus endpoint (metrics: section), kept across reloads
+        self.detector: Detector | None = None
+        self.pipeline: Pipeline | None = None
+        self.spool: Spool | None = None
+        self.publisher: MqttPublisher | None = None
+        self.mqtt_sink: MqttSink | None = None
+        self.hub: Hub | None = None
+        self.metrics: Metrics | None = None  # the Prometheus endpoint (metrics: section), kept across reloads
         self.model_sha: str | None = None  # fingerprint of the loaded model (reload compares it)
         self.ready = False
         self.started = time.monotonic()
         self.rollout: Rollout | None = None
         self._probation: _Probation | None = None
+
+    @property
+    def _cfg(self) -> Config:
+        """The running config (set by the first start)."""
+        assert self.loaded is not None
+        return self.loaded.config
+
+    @property
+    def _pipe(self) -> Pipeline:
+        """The running pipeline (between a start and a stop)."""
+        assert self.pipeline is not None
+        return self.pipeline
 
     # -- components -----------------------------------------------------------------------------------------
     def _pipeline_sources(self, cfg: Config, labels: list[str]):
@@ -127,7 +144,8 @@ class Daemon:
             self.detector = load_detector(bundle, backend=cfg.model.backend, threads=cfg.model.threads,
                                           labels=labels, edgetpu_device=cfg.model.edgetpu_device)
         det = self.detector
-        outputs = []
+        assert det is not None
+        outputs: list = []
         if cfg.sinks.file:
             f = cfg.sinks.file
             outputs.append(FileSink(f.path, max_bytes=f.max_bytes, backups=f.backups))
@@ -147,7 +165,7 @@ class Daemon:
         self.pipeline = Pipeline(det, self._pipeline_sources(cfg, det.labels), [self.hub], process_all=process_all)
         self.pipeline.start()
         self.loaded = loaded
-        log.info("publishing as run %s (message ids %s-<n>)", self.hub.ids.run, self.hub.ids.run)
+        log.info("publishing as run %s (message ids %s-<n>)", ids.run, ids.run)
 
     def _start_mqtt(self, loaded: LoadedConfig, det):
         from ..publish.homeassistant import DeviceDiscovery, labels_for_source
@@ -156,13 +174,14 @@ class Daemon:
 
         cfg = loaded.config
         m = cfg.mqtt
+        assert m is not None
         topics = Topics(m.topic_prefix, cfg.device)
         sp = cfg.spool
-        self.spool = Spool(sp.resolved_dir(), max_bytes=sp.max_bytes, max_age=sp.max_age, fsync=sp.fsync,
-                           reserve_bytes=sp.reserve_bytes)
+        spool = self.spool = Spool(sp.resolved_dir(), max_bytes=sp.max_bytes, max_age=sp.max_age, fsync=sp.fsync,
+                                   reserve_bytes=sp.reserve_bytes)
         ha = cfg.homeassistant
-        self.publisher = MqttPublisher(
-            m.host, m.port, topics=topics, spool=self.spool, client_id=cfg.client_id(), username=m.username,
+        pub = self.publisher = MqttPublisher(
+            m.host, m.port, topics=topics, spool=spool, client_id=cfg.client_id(), username=m.username,
             password=loaded.password, tls=m.tls, keepalive=m.keepalive, qos=m.qos, min_delay=m.reconnect_min_delay,
             max_delay=m.reconnect_max_delay, inflight=m.inflight,
             discovery_prefix=ha.discovery_prefix if ha.enabled else None, protocol=m.protocol,
@@ -170,20 +189,19 @@ class Daemon:
         count_labels = {s.name: labels_for_source(cfg, i, det.labels) if (ha.enabled or s.labels.include) else []
                         for i, s in enumerate(cfg.sources)}
         if ha.enabled:
-            self.publisher.set_discovery(DeviceDiscovery.for_config(cfg, topics, det.labels, det.name))
+            pub.set_discovery(DeviceDiscovery.for_config(cfg, topics, det.labels, det.name))
         for s in cfg.sources:  # every field the status carries, null until measured (Home Assistant: unknown)
-            self.publisher.set_state(topics.status(s.name), json_bytes(starting_status(s.name)),
-                                     retain=m.retain.status)
+            pub.set_state(topics.status(s.name), json_bytes(starting_status(s.name)), retain=m.retain.status)
         if self.rollout is not None:
-            self.publisher.subscribe(topics.model_set, self.rollout.on_command("device"))
-            self.publisher.subscribe(topics.fleet_model_set, self.rollout.on_command("all"))
-        self.mqtt_sink = MqttSink(self.publisher, count_labels=count_labels,
+            pub.subscribe(topics.model_set, self.rollout.on_command("device"))
+            pub.subscribe(topics.fleet_model_set, self.rollout.on_command("all"))
+        sink = self.mqtt_sink = MqttSink(pub, count_labels=count_labels,
                                   zones={s.name: {z.name: z.labels for z in s.zones} for s in cfg.sources},
                                   retain_counts=m.retain.counts, retain_detections=m.retain.detections,
                                   detections=m.detections, events=m.events,
                                   snapshots={s.name for s in cfg.sources if s.snapshot})
-        self.publisher.start()
-        return self.mqtt_sink
+        pub.start()
+        return sink
 
     def _stop_components(self, flush_timeout: float) -> bool:
         drained = True
@@ -192,7 +210,7 @@ class Daemon:
             self._publish_status()
         if self.publisher is not None:
             drained = self.publisher.stop(flush_timeout)
-            if not drained:
+            if not drained and self.spool is not None:
                 log.warning("stopping with %d messages still in the spool (%s); they are sent after the next start",
                             len(self.spool), self.spool.dir)
         if self.spool is not None:
@@ -207,16 +225,15 @@ class Daemon:
         return {n: self.mqtt_sink.fps(n) for n in self.mqtt_sink.rates}
 
     def _publish_status(self) -> None:
-        if self.publisher is None or self.pipeline is None:
+        pub, sink, cfg = self.publisher, self.mqtt_sink, self._cfg
+        if pub is None or sink is None or self.pipeline is None or cfg.mqtt is None:
             return
-        cfg = self.loaded.config
         ps = self.pipeline.stats()
         for s in cfg.sources:
-            st = source_status(s.name, ps, self.mqtt_sink.fps(s.name), self.mqtt_sink.last_inference_ms.get(s.name))
+            st = source_status(s.name, ps, sink.fps(s.name), sink.last_inference_ms.get(s.name))
             if st["state"] == "ok":
                 st["state"] = "streaming"
-            self.publisher.set_state(self.publisher.topics.status(s.name), json_bytes(st),
-                                     retain=cfg.mqtt.retain.status)
+            pub.set_state(pub.topics.status(s.name), json_bytes(st), retain=cfg.mqtt.retain.status)
 
     def stats(self) -> dict | None:
         """The stats message (the stats topic and the metrics endpoint); None while (re)starting."""
@@ -234,20 +251,21 @@ class Daemon:
 
     def _publish_stats(self) -> dict:
         msg = self.stats()
-        if self.publisher is not None:
-            retain = self.loaded.config.mqtt.retain.stats
-            self.publisher.set_state(self.publisher.topics.stats, json_bytes(msg), retain=retain)
+        assert msg is not None  # called while running
+        mq = self._cfg.mqtt
+        if self.publisher is not None and mq is not None:
+            self.publisher.set_state(self.publisher.topics.stats, json_bytes(msg), retain=mq.retain.stats)
             self._publish_status()
         else:
             log.info("stats: %s fps, %s frames, dropped %s", msg["fps"], msg["processed"], msg["dropped"])
         return msg
 
     def _status_line(self) -> str:
-        ps = self.pipeline.stats()
+        ps = self._pipe.stats()
         parts = [f"{ps.fps:.1f} fps", f"{ps.processed} frames"]
         if self.publisher is not None:
             parts.append("mqtt connected" if self.publisher.connected else "mqtt DISCONNECTED")
-            parts.append(f"spool {len(self.spool)}")
+            parts.append(f"spool {len(self.publisher.spool)}")
         bad = [n for n, s in ps.sources.items() if s.status not in ("ok", "ended")]
         if bad:
             parts.append("waiting for " + ", ".join(bad))
@@ -276,6 +294,8 @@ class Daemon:
         try:
             self._start(new, reuse_detector=same_model)
         except UserError as e:
+            if self.loaded is None:
+                raise
             log.error("reload: %s; keeping the previous config", e)
             self._start(self.loaded, reuse_detector=same_model)
         self.notifier.notify("READY=1", f"STATUS=reloaded: {self._status_line()}")
@@ -290,11 +310,14 @@ class Daemon:
         self.rollout = Rollout(r.resolved_dir(), r.public_key, cfg.model.bundle).start() if r.enabled else None
 
     def _publish_rollout_reports(self) -> None:
+        if self.rollout is None:
+            return
         for msg in self.rollout.take_reports():
             if self.publisher is not None:
                 self.publisher.publish_durable(self.publisher.topics.model_state, json_bytes(msg), qos=1, retain=True)
 
     def _rollout_tick(self, now: float) -> None:
+        assert self.rollout is not None
         self._publish_rollout_reports()
         if self._probation is not None:
             self._check_probation(now)
@@ -304,27 +327,30 @@ class Daemon:
             return
         from ..runtime import load_detector
 
-        m = self.loaded.config.model
+        m = self._cfg.model
         try:
             det = load_detector(cand.path, backend=m.backend, threads=m.threads, edgetpu_device=m.edgetpu_device)
         except UserError as e:
             self.rollout.failed(cand, f"cannot load bundle {cand.command.version}: {e}")
             return
         log.info("rollout: switching to bundle %s (%s)", cand.command.version, cand.path)
-        self._probation = _Probation(cand, self.detector, now + self.loaded.config.rollout.check_timeout)
+        self._probation = _Probation(cand, self.detector, now + self._cfg.rollout.check_timeout)
         self._swap_detector(det)
 
     def _swap_detector(self, det) -> None:
-        self._stop_components(self.loaded.config.flush_timeout)
+        loaded = self.loaded
+        assert loaded is not None
+        self._stop_components(loaded.config.flush_timeout)
         self.detector = det
-        self._start(self.loaded, reuse_detector=True)
+        self._start(loaded, reuse_detector=True)
 
     def _check_probation(self, now: float) -> None:
-        p, pb, r = self.pipeline, self._probation, self.loaded.config.rollout
+        p, pb, r, rollout = self._pipe, self._probation, self._cfg.rollout, self.rollout
+        assert pb is not None and rollout is not None
         errors = p.dropped.get("error", 0) + p.dropped.get("crash", 0)
         if errors == 0 and p.processed >= r.check_frames:
             self._probation = None
-            self.rollout.activate(pb.candidate)
+            rollout.activate(pb.candidate)
             return
         if errors:
             reason = f"{errors} frame(s) failed on the new bundle within its first {p.processed + errors}"
@@ -335,7 +361,7 @@ class Daemon:
         log.error("rollout: %s; rolling back", reason)
         self._probation = None
         self._swap_detector(pb.previous)
-        self.rollout.rolled_back(pb.candidate, reason)
+        rollout.rolled_back(pb.candidate, reason)
 
     # -- main ---------------------------------------------------------------------------------------------
     def _signals(self) -> None:
@@ -365,14 +391,14 @@ class Daemon:
         exit_reason = "signal"
         while not self._stop.wait(TICK):
             now = time.monotonic()
-            cfg = self.loaded.config
+            cfg = self._cfg
             if self._reload.is_set():
                 self._reload.clear()
                 self._do_reload()
                 continue
             if self.rollout is not None:
                 self._rollout_tick(now)
-            p = self.pipeline
+            p = self._pipe
             if not self.ready and (p.processed >= 1 or now - t_start > READY_TIMEOUT):
                 self.ready = True
                 why = "" if p.processed else f" (no frame within {READY_TIMEOUT:.0f} s)"
@@ -392,6 +418,11 @@ class Daemon:
             if p.wait(0):
                 exit_reason = "all sources ended"
                 break
+        self._shutdown(exit_reason)
+        return 0
+
+    def _shutdown(self, exit_reason: str) -> None:
+        """Drain the pipeline, send the last stats, flush the spool (up to flush_timeout), publish offline."""
         log.info("stopping (%s)", exit_reason)
         self.notifier.stopping()
         self.notifier.status(f"stopping ({exit_reason}), flushing")
@@ -402,9 +433,8 @@ class Daemon:
         if self.rollout is not None:
             self.rollout.stop()
             self._publish_rollout_reports()
-        drained = self._stop_components(self.loaded.config.flush_timeout)
+        drained = self._stop_components(self._cfg.flush_timeout)
         if self.metrics is not None:
             self.metrics.stop()
         log.info("stopped%s", "" if drained else " (spool not empty)")
         self.notifier.close()
-        return 0

@@ -141,7 +141,7 @@ class Postprocess(_Strict):
 
 
 class Manifest(_Strict):
-    format: Literal["edge-ssd-bundle"] = FORMAT
+    format: Literal["edge-ssd-bundle"] = "edge-ssd-bundle"
     version: int = VERSION
     model_file: str = "model.tflite"
     model_sha256: str

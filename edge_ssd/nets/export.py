@@ -142,6 +142,35 @@ def _torch_export(net, x, path: Path, opset: int) -> None:
             torch.onnx.export(net, (x,), str(path), **kwargs)
 
 
+def _compare(path: Path, x_np: np.ndarray, ref_scores: np.ndarray, ref_boxes: np.ndarray, atol: float,
+             check_image_name: str, threads: int, source: Path) -> tuple[float, float]:
+    """Run the exported ``path`` with ONNX Runtime on ``x_np``; the max abs errors (scores, boxes) against the
+    PyTorch outputs. Raises ``UserError`` when the contract or the numbers are off."""
+    from ..runtime.onnx import onnx_session
+
+    sess = onnx_session(path, threads=threads, source=source)
+    names = [o.name for o in sess.get_outputs()]
+    if names != ["scores", "boxes"] or [i.name for i in sess.get_inputs()] != ["input"]:
+        raise UserError(f"exported graph has outputs {names}; expected ['scores', 'boxes'] (internal error)")
+    got_scores, got_boxes = sess.run(["scores", "boxes"], {"input": x_np})
+    if got_scores.shape != ref_scores.shape or got_boxes.shape != ref_boxes.shape:
+        raise UserError(
+            f"ONNX output shapes {got_scores.shape}/{got_boxes.shape} differ from PyTorch "
+            f"{ref_scores.shape}/{ref_boxes.shape} (internal error)"
+        )
+    with np.errstate(invalid="ignore", over="ignore"):
+        err_s = float(np.max(np.abs(got_scores - ref_scores)))
+        err_b = float(np.max(np.abs(got_boxes - ref_boxes)))
+    # boxes from random weights can be huge (exp of raw offsets); judge them relative to their magnitude
+    box_scale = max(1.0, float(np.max(np.abs(ref_boxes))))
+    if not (math.isfinite(err_s) and math.isfinite(err_b)) or err_s > atol or err_b > atol * box_scale:
+        raise UserError(
+            f"ONNX Runtime differs from PyTorch on {check_image_name}: max abs error scores {err_s:.2e}, "
+            f"boxes {err_b:.2e} (tolerance {atol:g}); try another --opset"
+        )
+    return err_s, err_b
+
+
 def export_onnx(
     net,
     labels: list[str],
@@ -164,7 +193,6 @@ def export_onnx(
     except ImportError as e:
         raise DependencyError(f"export needs {e.name}; install the extras: pip install 'edge-ssd[train]'") from None
     from ..model.preprocess import PYTORCH_SSD, preprocess
-    from ..runtime.onnx import onnx_session
 
     if not (MIN_OPSET <= int(opset) <= MAX_OPSET):
         raise UserError(f"opset {opset} is not supported; use --opset between {MIN_OPSET} and {MAX_OPSET}")
@@ -191,7 +219,7 @@ def export_onnx(
             _torch_export(net, x, tmp, int(opset))
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
-        except Exception as e:  # onnx raises ValidationError / InferenceError
+        except Exception as e:  # noqa: BLE001 - onnx raises ValidationError / InferenceError
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"the exported graph fails onnx.checker ({msg[:200]}); try another --opset") from None
         model = onnx.load(str(tmp))
@@ -202,26 +230,8 @@ def export_onnx(
             prop.key, prop.value = k, v
         model.producer_name = "edge-ssd"
         onnx.save(model, str(tmp))
-        sess = onnx_session(tmp, threads=max(1, min(2, torch.get_num_threads())), source=out)
-        names = [o.name for o in sess.get_outputs()]
-        if names != ["scores", "boxes"] or [i.name for i in sess.get_inputs()] != ["input"]:
-            raise UserError(f"exported graph has outputs {names}; expected ['scores', 'boxes'] (internal error)")
-        got_scores, got_boxes = sess.run(["scores", "boxes"], {"input": x_np})
-        if got_scores.shape != ref_scores.shape or got_boxes.shape != ref_boxes.shape:
-            raise UserError(
-                f"ONNX output shapes {got_scores.shape}/{got_boxes.shape} differ from PyTorch "
-                f"{ref_scores.shape}/{ref_boxes.shape} (internal error)"
-            )
-        with np.errstate(invalid="ignore", over="ignore"):
-            err_s = float(np.max(np.abs(got_scores - ref_scores)))
-            err_b = float(np.max(np.abs(got_boxes - ref_boxes)))
-        # boxes from random weights can be huge (exp of raw offsets); judge them relative to their magnitude
-        box_scale = max(1.0, float(np.max(np.abs(ref_boxes))))
-        if not (math.isfinite(err_s) and math.isfinite(err_b)) or err_s > atol or err_b > atol * box_scale:
-            raise UserError(
-                f"ONNX Runtime differs from PyTorch on {check_image_name}: max abs error scores {err_s:.2e}, "
-                f"boxes {err_b:.2e} (tolerance {atol:g}); try another --opset"
-            )
+        err_s, err_b = _compare(tmp, x_np, ref_scores, ref_boxes, atol, check_image_name,
+                                threads=max(1, min(2, torch.get_num_threads())), source=out)
         os.replace(tmp, out)
     finally:
         net.is_test, net.raw = was_test, was_raw

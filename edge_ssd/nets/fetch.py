@@ -96,7 +96,8 @@ def _total_from(resp, start: int) -> int | None:
     return None
 
 
-def _attempt(url: str, part: Path, expected_size: int | None, timeout: float, progress: bool, desc: str) -> None:
+# complexity: one branch per HTTP outcome: retry, resume, restart or fail
+def _attempt(url: str, part: Path, expected_size: int | None, timeout: float, progress: bool, desc: str) -> None:  # noqa: C901
     """One request: resume ``part`` from its current size. Raises _Retry for transient problems."""
     from tqdm import tqdm
 

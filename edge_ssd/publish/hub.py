@@ -108,13 +108,13 @@ class Hub:
     def _counts(self, source: str, rules: SourceRules) -> Counts | None:
         if self._frames.get(source, 0) < self.settings.confirm_frames:
             return None
-        return rules.counts(self._tracker(source).active())
+        return rules.counts(self._tracker(source).in_view())
 
     def _dispatch(self, u: Update) -> None:
         for o in self.outputs:  # one failing output (a full disk for the file sink) never starves the others
             try:
                 o.handle(u)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - one output failing must not stop the others
                 name = type(o).__name__
                 self.output_errors[name] += 1
                 n = self.output_errors[name]

@@ -99,9 +99,9 @@ class WatchSubscriber:
     :attr:`messages` and handed to ``on_message`` (from a reader thread)."""
 
     def __init__(self, host: str, port: int, on_message: Callable[[Message], None] | None = None,
-                 prefix: str = "edge-ssd"):
+                 prefix: str = "edge-ssd", device: str = "+"):
         self.cmd = [sys.executable, "-m", "edge_ssd", "watch", "--host", host, "--port", str(port), "--json",
-                    "--prefix", prefix]
+                    "--prefix", prefix, "--device", device]
         self.on_message = on_message
         self.messages: list[Message] = []
         self.proc: subprocess.Popen | None = None

@@ -36,12 +36,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .hub import Update
 from .messages import json_bytes
 from .scene import Counts
 from .spool import Spool
 from .topics import Topics
+
+if TYPE_CHECKING:
+    from .homeassistant import DeviceDiscovery
 
 log = logging.getLogger("edge_ssd.mqtt")
 
@@ -68,7 +72,7 @@ class MqttPublisher:
         self.expiry = {k: float(v) for k, v in (expiry or {}).items() if v}
         self.expired = 0
         self._lock = threading.Lock()
-        self._discovery = None  # a homeassistant.DeviceDiscovery: topic, legacy, message(), merge_retained()
+        self._discovery: DeviceDiscovery | None = None  # topic, legacy, message(), merge_retained()
         self._legacy: set[str] = set()  # per-entity discovery topics of edge-ssd 0.1 still retained: migrate
         self._hold_announce: float = 0.0  # announce after the retained discovery messages came (or this time)
         self._sub_mid: int | None = None
@@ -325,14 +329,15 @@ class MqttPublisher:
         owns it any more, then the device message re-creates the entity with the same unique_id, entity_id and
         history. (Clearing after the device message, as Home Assistant's docs have it, makes 2025.4 log a
         'conflicting MQTT discovery message' warning per entity.)"""
+        d = self._discovery
+        assert d is not None  # the caller checked
         for topic in legacy:
             client.publish(topic, b'{"migrate_discovery":true}', qos=1, retain=True)
         for topic in legacy:
             client.publish(topic, b"", qos=1, retain=True)
-        client.publish(self._discovery.topic, self._discovery.message(), qos=1, retain=True)
+        client.publish(d.topic, d.message(), qos=1, retain=True)
         if legacy:
-            log.info("mqtt: migrated %d Home Assistant entities to device discovery (%s)", len(legacy),
-                     self._discovery.topic)
+            log.info("mqtt: migrated %d Home Assistant entities to device discovery (%s)", len(legacy), d.topic)
 
     def _set_disconnected(self) -> None:
         if self.connected:

@@ -152,7 +152,7 @@ class Spool:
                     self._full_logged = False
                     log.warning("spool: writing to %s works again (%d messages were dropped while the disk was "
                                 "full)", self.dir, self.dropped_disk)
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
     def _make_reserve(self) -> bool:
         """A ballast file: released when the disk fills so that acks (DELETEs) and WAL checkpoints can still be

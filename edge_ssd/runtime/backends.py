@@ -77,7 +77,7 @@ def _tflite_module(name: str):
         m = importlib.import_module(mod)
     except ImportError:
         return None
-    except Exception as e:  # a broken install (e.g. numpy ABI mismatch) is "absent", with a note
+    except Exception as e:  # noqa: BLE001 - a broken install (e.g. numpy ABI mismatch) is 'absent', with a note
         log.debug("cannot import %s: %s", mod, e)
         return None
     if name == "tensorflow":  # tensorflow.lite exposes Interpreter and experimental.load_delegate
@@ -93,7 +93,7 @@ def _module_version(name: str) -> str:
 
         dist = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(top, top)
         return version(dist)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a version is informational
         return "?"
 
 
@@ -152,7 +152,7 @@ class TFLiteBackend(Backend):
             order = [runtime]
         else:
             raise UserError(f"unknown TFLite runtime {runtime!r}: use one of {', '.join(TFLITE_BACKENDS)}")
-        mod, used = None, None
+        mod, used = None, ""
         for r in order:
             mod = _tflite_module(r)
             if mod is not None:
@@ -185,7 +185,7 @@ class TFLiteBackend(Backend):
                 raise UserError(f"cannot load the Edge TPU delegate {lib} ({first}); {EDGETPU_HINT}") from None
         self.name = "edgetpu" if edgetpu else used
         self.threads = threads
-        kwargs = {"model_path": str(path)}
+        kwargs: dict[str, object] = {"model_path": str(path)}
         if delegates:
             kwargs["experimental_delegates"] = delegates
         if threads:

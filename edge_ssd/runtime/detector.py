@@ -231,6 +231,13 @@ Detections = boxlib.Detections
 
 # -- loading --------------------------------------------------------------------------------------------
 
+def _triple(v) -> tuple[float, float, float]:
+    """A per-channel value (mean, std) of the manifest as the 3-tuple the preprocessing takes."""
+    vals = [float(x) for x in v]
+    a, b, c = vals * 3 if len(vals) == 1 else vals
+    return a, b, c
+
+
 def _identify_outputs(backend: Backend, path: Path, n_classes: int | None) -> tuple[str, str]:
     """Output names for (scores, boxes): by name, else by shape (see :func:`edge_ssd.runtime.onnx.identify_outputs`)."""
     return identify_outputs(_output_shapes(backend), path, n_classes)
@@ -328,7 +335,7 @@ def _load_bundle(p: Path, backend: str, threads, labels, edgetpu_device) -> Dete
         raise UserError(f"{p}: manifest input shape {ins.shape} differs from the model's "
                         f"{list(be.input.shape)}; re-run `edge-ssd convert`")
     inp = InputConfig(width=ins.width, height=ins.height, layout=ins.layout, color=ins.color,
-                      norm=Normalization(tuple(ins.mean), tuple(ins.std)))
+                      norm=Normalization(_triple(ins.mean), _triple(ins.std)))
     pp = m.postprocess
     post = PostprocessConfig.from_manifest(pp)
     lab = resolve_labels(p, m.scores.shape[-1], explicit=labels, manifest=m.labels,

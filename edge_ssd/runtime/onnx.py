@@ -28,7 +28,7 @@ def onnx_session(model, threads: int | None = None, source: str | Path | None = 
     name = source or (model if isinstance(model, str) else "model")
     try:
         return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own, unexported exception types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"cannot load ONNX model {name}: {first} (is it a valid exported .onnx file?)") from None
 

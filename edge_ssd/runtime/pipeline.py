@@ -259,7 +259,7 @@ class Pipeline:
         for s in self._srcs:
             try:
                 s.source.close()
-            except Exception as e:  # pragma: no cover - best effort
+            except Exception as e:  # noqa: BLE001 - best effort on the way out
                 log.warning("closing source %s: %s", s.name, e)
         deadline = time.monotonic() + timeout
         for t in self._threads:
@@ -276,7 +276,7 @@ class Pipeline:
             if close:
                 try:
                     close()
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a sink that fails to close is counted, never fatal
                     self._count(self.sink_errors, type(sink).__name__)
                     log.warning("closing sink %s: %s", type(sink).__name__, e)
         log.info("pipeline stopped: %d frames processed", self.processed)
@@ -435,7 +435,7 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 item.tensor = det.preprocess(item.frame.image, out=buf)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a frame that fails is counted and skipped, never fatal
                 self._pool.put(buf)
                 self._count(self.dropped, "error")
                 log.warning("source %s frame %d: preprocess failed: %s", self._srcs[item.idx].name,
@@ -487,7 +487,7 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 item.raw = det.infer(buf)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a frame that fails is counted and skipped, never fatal
                 self._count(self.dropped, "error")
                 log.warning("source %s frame %d: inference failed: %s", self._srcs[item.idx].name,
                             item.frame.index, e)
@@ -518,7 +518,7 @@ class Pipeline:
                 if s.keep is not None and len(d):
                     m = s.keep[np.clip(d.class_ids, 0, len(s.keep) - 1)]
                     d = Detections(d.boxes[m], d.scores[m], d.class_ids[m])
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a frame that fails is counted and skipped, never fatal
                 self._count(self.dropped, "error")
                 log.warning("source %s frame %d: postprocess failed: %s", s.name, item.frame.index, e)
                 continue
@@ -548,7 +548,7 @@ class Pipeline:
             for sink in self.sinks:
                 try:
                     sink.handle(res)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a sink that raises is counted, never fatal
                     name = getattr(sink, "name", type(sink).__name__)
                     n = self._count(self.sink_errors, name)
                     if n <= 3 or (n & (n - 1)) == 0:
