@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -355,6 +356,7 @@ def main() -> int:
     ap.add_argument("--protocol", type=int, choices=[4, 5], default=4, help="the devices' MQTT protocol")
     ap.add_argument("--flush", type=float, default=120.0, help="seconds the devices get to empty their spools")
     ap.add_argument("--out", help="write the result JSON here")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (spools, logs, received.csv)")
     # internal: the subprocess roles
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--collector", action="store_true", help=argparse.SUPPRESS)
@@ -369,6 +371,8 @@ def main() -> int:
     if a.collector:
         return run_collector(a)
     result = run_load(a)
+    if result["holds"] and not a.keep:  # the spools, broker logs and received.csv; kept when it did not hold
+        shutil.rmtree(result.pop("workdir"), ignore_errors=True)
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:
