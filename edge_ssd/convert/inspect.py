@@ -202,17 +202,15 @@ def constant_tensors(model) -> set[str]:
 def run_onnx_tensors(model, feeds: dict, names: list[str]) -> list[np.ndarray]:
     """Evaluate arbitrary (intermediate) tensors of ``model`` with onnxruntime."""
     import onnx
-    import onnxruntime as ort
+
+    from ..runtime.onnx import onnx_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.output[:]
     for n in names:  # untyped: any dtype (shape computations are int64)
         m.graph.output.append(onnx.ValueInfoProto(name=n))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(names, feeds)
+    return onnx_session(m).run(names, feeds)
 
 
 def subgraph(model, inputs: dict[str, list[int]], outputs: list[str]):

@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,10 +22,22 @@ from pathlib import Path
 
 from ..errors import DependencyError, UserError
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 BACKENDS = ("flatbuffer_direct", "tf_converter")
+# the onnx2tf wrapper (fixes per-channel depthwise bias, adds activation percentiles): a plain script, run with
+# the toolchain venv's python; it ships inside the package, so an installed edge-ssd finds it too
+PATCHED = Path(__file__).resolve().with_name("onnx2tf_patched.py")
+
+
+def _toolchain_candidates(env: str, venv: str) -> list[Path]:
+    """Where the onnx2tf toolchain may be, in order: the environment variable; ``convert/<venv>`` beside the
+    environment edge-ssd runs in (``scripts/setup.sh`` makes ``.venv`` and ``convert/.venv`` side by side);
+    ``onnx2tf`` on PATH. Nothing here assumes a source checkout."""
+    cands = [Path(os.environ[env])] if os.environ.get(env) else []
+    cands.append(Path(sys.prefix).parent / "convert" / venv / "bin" / "onnx2tf")
+    on_path = shutil.which("onnx2tf")
+    if on_path and venv == ".venv":
+        cands.append(Path(on_path))
+    return cands
 
 
 def find_onnx2tf(backend: str = "flatbuffer_direct") -> Path:
@@ -34,8 +47,7 @@ def find_onnx2tf(backend: str = "flatbuffer_direct") -> Path:
         env, venv, how = "EDGE_SSD_ONNX2TF_TF", ".venv-tf", "run `scripts/setup.sh --with-tf` (2.7 GB)"
     else:
         env, venv, how = "EDGE_SSD_ONNX2TF", ".venv", "run scripts/setup.sh"
-    cands = [Path(os.environ[env])] if os.environ.get(env) else []
-    cands.append(REPO / "convert" / venv / "bin" / "onnx2tf")
+    cands = _toolchain_candidates(env, venv)
     for c in cands:
         if c.is_file() and os.access(c, os.X_OK):
             return c
@@ -43,15 +55,13 @@ def find_onnx2tf(backend: str = "flatbuffer_direct") -> Path:
                           f"{how} to create convert/{venv}, or set {env} to an onnx2tf executable")
 
 
-PATCHED = REPO / "convert" / "onnx2tf_patched.py"
-
-
 def launcher(exe: Path) -> list[str]:
-    """How to start onnx2tf: through ``convert/onnx2tf_patched.py`` (fixes per-channel depthwise bias, see
+    """How to start onnx2tf: through ``onnx2tf_patched.py`` (fixes per-channel depthwise bias, see
     there) with the venv's python when both exist, else the plain executable."""
     py = exe.parent / "python"
     if PATCHED.is_file() and py.is_file() and not os.environ.get("EDGE_SSD_ONNX2TF_UNPATCHED"):
-        return [str(py), str(PATCHED)]
+        # -P: do not put the wrapper's folder (edge_ssd/convert, which has an inspect.py) ahead of the stdlib
+        return [str(py), "-P", str(PATCHED)]
     return [str(exe)]
 
 
@@ -91,11 +101,11 @@ def run_onnx2tf(onnx_path: Path, out_dir: Path, *, input_name: str, calib_npy: P
                 progress: bool = True, extra: list[str] | None = None, timeout: float = 3600,
                 activation_percentile: float | None = None) -> Onnx2tfResult:
     """One onnx2tf run; ``activation_percentile`` calibrates activations by percentile instead of min-max
-    (flatbuffer_direct through ``convert/onnx2tf_patched.py`` only)."""
+    (flatbuffer_direct through ``onnx2tf_patched.py`` only)."""
     exe = find_onnx2tf(backend)
     if activation_percentile is not None and (backend != "flatbuffer_direct" or len(launcher(exe)) == 1):
         raise UserError("percentile calibration needs the flatbuffer_direct backend run through "
-                        "convert/onnx2tf_patched.py; use --calibration minmax")
+                        "edge_ssd/convert/onnx2tf_patched.py; use --calibration minmax")
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or out_dir / "onnx2tf.log"
     # onnx2tf writes its onnxsim-simplified model back over the input file: give it a private copy so the
