@@ -61,6 +61,38 @@ def read_labels(path: str | Path) -> list[str]:
     return names
 
 
+def read_training_labels(path: str | Path) -> list[str]:
+    """A pytorch-ssd training labels file, strictly: one class name per line, ``BACKGROUND`` first, no blank line
+    between names (the line number is the class index, so a gap would shift every class after it)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"labels file {str(p)!r} not found; pass --labels with pytorch-ssd's labels .txt") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read labels file {str(p)!r} ({type(e).__name__}); pass a UTF-8 text file") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise UserError(f"labels file {str(p)!r} is empty; write one class name per line, BACKGROUND first")
+    if "" in lines:
+        raise UserError(
+            f"labels file {str(p)!r} has an empty line {lines.index('') + 1}; remove it (one class name per line)"
+        )
+    if lines[0].lower() != "background":
+        raise UserError(
+            f"labels file {str(p)!r} starts with {lines[0]!r}, not BACKGROUND; pytorch-ssd models have the "
+            "background class at index 0 - add BACKGROUND as the first line"
+        )
+    if len(lines) < 2:
+        raise UserError(f"labels file {str(p)!r} has only BACKGROUND; add the class names, one per line")
+    dup = sorted({n for n in lines if lines.count(n) > 1})
+    if dup:
+        raise UserError(f"labels file {str(p)!r} repeats {dup[0]!r}; class names must be unique")
+    return lines
+
+
 def labels_from_metadata(metadata: Mapping[str, str] | None, source: str | Path) -> list[str] | None:
     """The names stored under :data:`LABELS_KEY` in a model's metadata, or None when absent."""
     if not metadata or LABELS_KEY not in metadata:

@@ -23,43 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DependencyError, UserError
+from ..model.labels import read_training_labels
 from ..model.priors import CENTER_VARIANCE, IMAGE_MEAN, IMAGE_STD, IOU_THRESHOLD, SIZE_VARIANCE, specs_to_json
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET, MAX_OPSET = 10, 17
 META_PREFIX = "edge_ssd."
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """pytorch-ssd labels file: one class name per line, ``BACKGROUND`` first; line count = num_classes."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"labels file {str(p)!r} not found; pass --labels with pytorch-ssd's labels .txt") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read labels file {str(p)!r} ({type(e).__name__}); pass a UTF-8 text file") from None
-    lines = [ln.strip() for ln in text.splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    if not lines:
-        raise UserError(f"labels file {str(p)!r} is empty; write one class name per line, BACKGROUND first")
-    if "" in lines:
-        raise UserError(
-            f"labels file {str(p)!r} has an empty line {lines.index('') + 1}; remove it (one class name per line)"
-        )
-    if lines[0].lower() != "background":
-        raise UserError(
-            f"labels file {str(p)!r} starts with {lines[0]!r}, not BACKGROUND; pytorch-ssd models have the "
-            "background class at index 0 - add BACKGROUND as the first line"
-        )
-    if len(lines) < 2:
-        raise UserError(f"labels file {str(p)!r} has only BACKGROUND; add the class names, one per line")
-    dup = sorted({n for n in lines if lines.count(n) > 1})
-    if dup:
-        raise UserError(f"labels file {str(p)!r} repeats {dup[0]!r}; class names must be unique")
-    return lines
+# the strict pytorch-ssd reader (line count = num_classes), kept importable here for export and fetch-model
+read_labels = read_training_labels
 
 
 @dataclass
