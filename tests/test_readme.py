@@ -1,5 +1,6 @@
 """The README cannot rot: every command in its ``sh`` blocks is either run here, verbatim, in a sandbox (a temp
-working directory with the repo's .venv/deploy/convert and ../shared linked in, and a temp $HOME), or mapped to
+working directory with the repo's .venv/deploy/convert linked in, the user's own files mapped to ../shared, and
+a temp $HOME), or mapped to
 the test that performs the same steps (commands that need root on a device, the internet, or minutes of work
 another test already does)."""
 
@@ -63,6 +64,8 @@ def mapping(cmd: str) -> str | None:
 def test_readme_has_commands_and_every_mapping_points_at_a_real_test():
     cmds = readme_commands()
     assert len(cmds) >= 10
+    # written for someone who clones the repository alone: ../shared is not beside their checkout
+    assert not [c for c in cmds if "../shared" in c]
     for cmd in cmds:
         target = mapping(cmd)
         if target is None:
@@ -88,6 +91,11 @@ def _sandbox(tmp_path: Path) -> tuple[Path, dict]:
     (tmp_path / "shared").symlink_to(SHARED)
     work = tmp_path / "work"
     work.mkdir()
+    # the README names the user's own files; here they are the shared sample data
+    for name, target in (("my-photos", "data/photos"), ("my-faces", "data/faces"), ("my-voc", "data/voc-sample"),
+                         ("version-slim-320.onnx", "models/ultralight-face/version-slim-320.onnx"),
+                         ("voc-model-labels.txt", "models/ultralight-face/voc-model-labels.txt")):
+        (work / name).symlink_to(SHARED / target)
     for name in (".venv", "deploy", "convert", "systemd", "docs", "pyproject.toml", "edge_ssd"):
         (work / name).symlink_to(ROOT / name)
     home = tmp_path / "home"
