@@ -91,13 +91,15 @@ def test_events_counts_zones_filters_from_a_real_daemon(tmp_path, video):
         for e in evs[:-1]:
             frame_boxes = [o["box"] for o in by_frame[e["frame"]]["objects"] if o["label"] == e["label"]]
             assert e["box"] in frame_boxes
-    # counts: the confirmed tracks, so at the end the ones still alive (ended by the stop, after the last frame)
+    # counts: the confirmed tracks in view, so at the end at most the ones still alive (ended by the stop, after the
+    # last frame) and at most what the last two frames showed (a missed object is held for one frame)
     alive = [e for e in events if e["type"] == "end" and e["ts"] > produced[-1]["ts"]]
     counts = [int(x) for x in col.on("/cam1/face/count")]
-    assert counts[-1] == len(alive) == int(col.on("/cam1/count")[-1]) > 0
+    assert 0 < counts[-1] <= len(alive) and counts[-1] == int(col.on("/cam1/count")[-1])  # one label: total = face
+    assert counts[-1] <= len(produced[-1]["objects"]) + len(produced[-2]["objects"])
     in_left = [e for e in alive if "left" in e["zones"]]
     assert int(col.on("/cam1/zones/left/count")[-1]) == int(col.on("/cam1/zones/left/face/count")[-1]) \
-        == len(in_left)
+        <= len(in_left)
     assert 0 < len(in_left) < len(alive)
     # tracks do not flicker: the count changes less often than the raw per-frame object count
     raw = [len(m["objects"]) for m in produced]
